@@ -1,0 +1,1 @@
+"""Instance-aware self-supervised nuclei segmentation: library code of the MONAI bundle."""
