@@ -1,0 +1,45 @@
+"""Where self-supervised pretraining finds its images: a datalist, a prepared folder, or any folder."""
+
+import json
+from pathlib import Path
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+# Datalist sections whose images pretraining may use. Validation and test images are left
+# out so that no evaluation tile is seen, even without its label, before it is scored.
+PRETRAINING_SECTIONS = ("training", "unlabelled")
+
+
+def _items_from_datalist(path: Path) -> list[dict[str, str]]:
+    try:
+        datalist = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path}: not a readable datalist JSON ({error})") from None
+    items = [item for section in PRETRAINING_SECTIONS for item in datalist.get(section, [])]
+    return [{"image": str((path.parent / item["image"]).resolve())} for item in items]
+
+
+def _items_from_folder(folder: Path) -> list[dict[str, str]]:
+    images_dir = folder / "images" if (folder / "images").is_dir() else folder
+    files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    return [{"image": str(p.resolve())} for p in files]
+
+
+def pretraining_items(dataset_dir: str | Path) -> list[dict[str, str]]:
+    """``[{"image": absolute path}, ...]`` for pretraining; no labels are needed.
+
+    ``dataset_dir`` may be a datalist JSON, a folder holding ``datalist.json`` (its
+    ``training`` and ``unlabelled`` sections are used), a folder with an ``images/``
+    subfolder, or a plain folder of TIFF/PNG/JPEG tiles.
+    """
+    source = Path(dataset_dir)
+    if source.is_file():
+        items = _items_from_datalist(source)
+    elif (source / "datalist.json").is_file():
+        items = _items_from_datalist(source / "datalist.json")
+    elif source.is_dir():
+        items = _items_from_folder(source)
+    else:
+        raise FileNotFoundError(f"{source}: no such datalist or folder")
+    if not items:
+        raise FileNotFoundError(f"{source}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
+    return items

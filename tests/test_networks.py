@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from bundle.engine import PrepareTripletBatch
+from bundle.networks import TripletEncoderNet, segmentation_unet
+
+
+@pytest.fixture(scope="module")
+def net():
+    torch.manual_seed(0)
+    return TripletEncoderNet(backbone="resnet18", embedding_dim=16).eval()
+
+
+def test_output_shapes(net):
+    z, count = net(torch.rand(6, 3, 64, 64))
+    assert z.shape == (6, 16) and count.shape == (6,)
+
+
+def test_encoder_loads_into_flexible_unet_with_strict_keys(net):
+    unet = segmentation_unet(backbone="resnet18")
+    result = unet.encoder.load_state_dict(net.encoder.state_dict(), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    for name, tensor in net.encoder.state_dict().items():
+        assert torch.equal(unet.encoder.state_dict()[name], tensor)
+
+
+def test_count_map_pools_to_the_count_head(net):
+    x = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        _, count = net(x)
+        density = net.count_map(x)
+    assert density.shape == (2, 3, 3)
+    assert torch.allclose(density.mean(dim=(1, 2)), count, atol=1e-5)
+
+
+def test_one_batched_pass_embeds_anchor_positive_negative(net):
+    batch = {key: torch.rand(2, 3, 64, 64) for key in ("anchor", "positive", "negative")}
+    inputs, target = PrepareTripletBatch()(batch, device="cpu")
+    assert target is None and inputs.shape == (6, 3, 64, 64)
+    assert torch.equal(inputs[2:4], batch["positive"])
+    calls = []
+    handle = net.encoder.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        net(inputs)
+    handle.remove()
+    assert len(calls) == 1
+
+
+def test_unknown_backbone_is_refused():
+    with pytest.raises(ValueError, match="unknown backbone"):
+        TripletEncoderNet(backbone="resnet7")
