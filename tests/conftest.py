@@ -16,3 +16,13 @@ def monuseg_train() -> Path:
     if not (MONUSEG_TRAIN / "images").is_dir():
         pytest.skip(f"shared MoNuSeg data not found at {MONUSEG_TRAIN}")
     return MONUSEG_TRAIN
+
+
+@pytest.fixture(scope="session")
+def synthetic_dir(tmp_path_factory) -> Path:
+    """A small MoNuSeg-style folder of synthetic tiles (images/, masks/), made once per session."""
+    from bundle.synthetic import synthesize_dataset
+
+    folder = tmp_path_factory.mktemp("synthetic")
+    synthesize_dataset(folder, n_tiles=5, shape=(192, 192), seed=0)
+    return folder

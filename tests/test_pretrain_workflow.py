@@ -1,0 +1,57 @@
+"""configs/pretrain.json end to end through ``python -m monai.bundle run`` on synthetic tiles."""
+
+import pytest
+import torch
+from bundle_runner import run_bundle
+
+from bundle.networks import segmentation_unet
+
+TINY = {
+    "backbone": "resnet10",
+    "crop_size": 96,
+    "max_shift": 32,
+    "negative_sizes": [64, 48, 32],
+    "batch_size": 2,
+    "triplets_per_epoch": 4,
+    "num_workers": 0,
+    "max_epochs": 1,
+    "log_every": 1,
+}
+
+
+@pytest.mark.parametrize("weights", [{}, {"w_cr": 0.0}, {"w_st": 0.0}], ids=["both", "lst_only", "lcr_only"])
+def test_two_iterations_write_encoder_checkpoint_and_logs(tmp_path, synthetic_dir, weights):
+    result = run_bundle(["pretrain.json"], cwd=tmp_path, bundle_root=str(tmp_path), dataset_dir=str(synthetic_dir), **TINY, **weights)
+    assert result.returncode == 0, result.stderr[-3000:]
+    encoder_path = tmp_path / "models" / "pretrained_encoder.pt"
+    assert f"pretrained encoder written to {encoder_path}" in result.stdout
+    assert "Iter: 2/2" in result.stdout + result.stderr and "triplet_acc" in result.stdout + result.stderr
+    unet = segmentation_unet(backbone="resnet10")
+    unet.encoder.load_state_dict(torch.load(encoder_path, weights_only=True), strict=True)
+    assert (tmp_path / "models" / "pretrain" / "checkpoint_epoch=1.pt").is_file()
+    assert list((tmp_path / "runs" / "pretrain").glob("events.out.tfevents.*"))
+
+
+def test_resumes_from_the_last_checkpoint(tmp_path, synthetic_dir):
+    common = {"bundle_root": str(tmp_path), "dataset_dir": str(synthetic_dir), **TINY}
+    assert run_bundle(["pretrain.json"], cwd=tmp_path, **common).returncode == 0
+    result = run_bundle(["pretrain.json"], cwd=tmp_path, **{**common, "max_epochs": 2})
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "Restored all variables from" in log and "checkpoint_epoch=1.pt" in log
+    assert "Epoch[1] Complete" not in log and "Epoch[2] Complete" in log
+
+
+def test_folder_without_images_is_a_clear_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = run_bundle(["pretrain.json"], cwd=tmp_path, bundle_root=str(tmp_path), dataset_dir=str(tmp_path / "empty"), **TINY)
+    assert result.returncode != 0
+    assert f"{tmp_path / 'empty'}: no images found" in result.stderr
+
+
+def test_tile_smaller_than_the_crop_is_a_clear_error(tmp_path, synthetic_dir):
+    result = run_bundle(
+        ["pretrain.json"], cwd=tmp_path, bundle_root=str(tmp_path), dataset_dir=str(synthetic_dir), **{**TINY, "crop_size": 256, "max_shift": 8}
+    )
+    assert result.returncode != 0
+    assert "synthetic_00" in result.stderr and "smaller than crop_size=256" in result.stderr
