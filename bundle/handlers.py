@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from ignite.engine import Engine, Events
+from monai.handlers import from_engine
 from monai.utils import CommonKeys
 from torch import nn
 
@@ -56,7 +57,7 @@ class StopOnNonFiniteLoss:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        loss = engine.state.output[CommonKeys.LOSS]
+        loss = from_engine([CommonKeys.LOSS], first=True)(engine.state.output)
         value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
         if not math.isfinite(value):
             raise FloatingPointError(
