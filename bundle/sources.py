@@ -1,4 +1,4 @@
-"""Where self-supervised pretraining finds its images: a datalist, a prepared folder, or any folder."""
+"""Where workflows find their images: a datalist JSON, a prepared folder, or any folder of tiles."""
 
 import json
 from pathlib import Path
@@ -9,12 +9,12 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 PRETRAINING_SECTIONS = ("training", "unlabelled")
 
 
-def _items_from_datalist(path: Path) -> list[dict[str, str]]:
+def _items_from_datalist(path: Path, sections: tuple[str, ...]) -> list[dict[str, str]]:
     try:
         datalist = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as error:
         raise ValueError(f"{path}: not a readable datalist JSON ({error})") from None
-    items = [item for section in PRETRAINING_SECTIONS for item in datalist.get(section, [])]
+    items = [item for section in sections for item in datalist.get(section, [])]
     return [{"image": str((path.parent / item["image"]).resolve())} for item in items]
 
 
@@ -24,18 +24,18 @@ def _items_from_folder(folder: Path) -> list[dict[str, str]]:
     return [{"image": str(p.resolve())} for p in files]
 
 
-def pretraining_items(dataset_dir: str | Path) -> list[dict[str, str]]:
-    """``[{"image": absolute path}, ...]`` for pretraining; no labels are needed.
+def image_items(source: str | Path, sections: tuple[str, ...] | list[str]) -> list[dict[str, str]]:
+    """``[{"image": absolute path}, ...]``; labels are not needed.
 
-    ``dataset_dir`` may be a datalist JSON, a folder holding ``datalist.json`` (its
-    ``training`` and ``unlabelled`` sections are used), a folder with an ``images/``
-    subfolder, or a plain folder of TIFF/PNG/JPEG tiles.
+    ``source`` may be a datalist JSON or a folder holding ``datalist.json`` (the images
+    of its ``sections`` are used), a folder with an ``images/`` subfolder, or a plain
+    folder of TIFF/PNG/JPEG tiles (every tile).
     """
-    source = Path(dataset_dir)
+    source, sections = Path(source), tuple(sections)
     if source.is_file():
-        items = _items_from_datalist(source)
+        items = _items_from_datalist(source, sections)
     elif (source / "datalist.json").is_file():
-        items = _items_from_datalist(source / "datalist.json")
+        items = _items_from_datalist(source / "datalist.json", sections)
     elif source.is_dir():
         items = _items_from_folder(source)
     else:
@@ -43,3 +43,8 @@ def pretraining_items(dataset_dir: str | Path) -> list[dict[str, str]]:
     if not items:
         raise FileNotFoundError(f"{source}: no images found (looked for {', '.join(IMAGE_SUFFIXES)})")
     return items
+
+
+def pretraining_items(dataset_dir: str | Path) -> list[dict[str, str]]:
+    """Images for self-supervised pretraining: :func:`image_items` of the training and unlabelled sections."""
+    return image_items(dataset_dir, PRETRAINING_SECTIONS)
