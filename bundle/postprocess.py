@@ -1,0 +1,166 @@
+"""Post-processing: 3-class softmax maps (background, body, boundary) -> nucleus instance maps.
+
+Seeds are the confident nucleus bodies; a marker-controlled watershed grows them back over
+the boundary rim (see :mod:`bundle.targets` for how the rim is defined in the targets):
+
+1. markers: connected components of ``P(body) > body_threshold``, those smaller than
+   ``min_marker_area`` pixels dropped;
+2. mask: ``P(body) + P(boundary) > foreground_threshold``, plus the markers themselves, with
+   holes (background pockets fully enclosed by foreground) filled when ``fill_holes``;
+3. watershed of the elevation ``-P(body)`` from the markers inside the mask: flooding goes
+   from the most confident body pixels outwards, so each rim pixel joins the seed whose
+   flood reaches it first; on flat stretches (e.g. a one-hot map) the flood advances
+   breadth-first, so a rim pixel goes to the geodesically nearest seed. Foreground without
+   a marker stays background, and filled holes go to the nucleus around them;
+4. nuclei smaller than ``min_nucleus_area`` pixels removed, ids relabelled 1..N.
+
+MONAI's ``Watershed`` transform is a thin wrapper that expects (1, H, W) arrays and would
+flood a 3-D volume; ``skimage.segmentation.watershed`` is called on the 2-D planes directly.
+"""
+
+from collections.abc import Hashable, Mapping
+
+import numpy as np
+from monai.config import KeysCollection, NdarrayOrTensor
+from monai.transforms import MapTransform, Transform
+from monai.utils import TransformBackends, convert_to_dst_type, convert_to_numpy
+from scipy import ndimage
+from skimage.measure import label as connected_components
+from skimage.segmentation import relabel_sequential, watershed
+
+from bundle.targets import BODY, BOUNDARY, N_CLASSES
+
+PROBABILITY_TOLERANCE = 1e-3
+"""How far outside [0, 1] a probability may stray (rounding, float16) before the map is refused."""
+
+
+def as_probability_map(prob: NdarrayOrTensor) -> np.ndarray:
+    """(3, H, W) softmax probabilities, numpy or torch -> float numpy array, checked.
+
+    Raises:
+        ValueError: not (3, H, W), not floating point, or values outside [0, 1]
+            (logits instead of probabilities).
+    """
+    array = convert_to_numpy(prob)
+    if array.ndim != 3 or array.shape[0] != N_CLASSES:
+        raise ValueError(
+            f"expected a ({N_CLASSES}, H, W) softmax map (background, body, boundary), got shape {tuple(array.shape)}"
+        )
+    if array.dtype.kind != "f":
+        raise ValueError(f"expected float probabilities, got dtype {array.dtype} (class-index maps are not accepted)")
+    low, high = float(array.min(initial=0.0)), float(array.max(initial=0.0))
+    if not (low >= -PROBABILITY_TOLERANCE and high <= 1.0 + PROBABILITY_TOLERANCE):
+        raise ValueError(f"probabilities must lie in [0, 1], got values in [{low}, {high}]; apply softmax to logits")
+    return array
+
+
+def remove_small_labels(labels: np.ndarray, min_area: int) -> np.ndarray:
+    """(H, W) integer labels with every id covering fewer than ``min_area`` pixels set to 0 (in place)."""
+    areas = np.bincount(labels.ravel())
+    small = areas < min_area
+    small[0] = False
+    labels[small[labels]] = 0
+    return labels
+
+
+class ClassMapToInstances(Transform):
+    """3-class softmax map -> nucleus instance map by marker-controlled watershed.
+
+    Args:
+        body_threshold: a pixel seeds a nucleus where ``P(body)`` exceeds this (0..1).
+        foreground_threshold: a pixel can belong to a nucleus where ``P(body) + P(boundary)``
+            exceeds this (0..1).
+        min_marker_area: seeds (connected body components) smaller than this, in pixels, are
+            dropped, so specks of body probability do not split or create nuclei.
+        min_nucleus_area: nuclei smaller than this, in pixels, after the watershed are removed.
+        fill_holes: fill background pockets enclosed by foreground before the watershed.
+        connectivity: 1 (4-neighbours) or 2 (8-neighbours), for the seeds' connected
+            components and for the watershed flood.
+
+    Input: (3, H, W) float softmax probabilities (channels background, body, boundary),
+    numpy or torch; class-index maps are refused (one-hot encode them first).
+    Output: (1, H, W) int32 instance map of the input's array type, 0 background, ids 1..N.
+    """
+
+    backend = [TransformBackends.NUMPY]
+
+    def __init__(
+        self,
+        body_threshold: float = 0.5,
+        foreground_threshold: float = 0.5,
+        min_marker_area: int = 10,
+        min_nucleus_area: int = 30,
+        fill_holes: bool = True,
+        connectivity: int = 1,
+    ):
+        for name, value in (("body_threshold", body_threshold), ("foreground_threshold", foreground_threshold)):
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+        for name, value in (("min_marker_area", min_marker_area), ("min_nucleus_area", min_nucleus_area)):
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0 pixels, got {value}")
+        if connectivity not in (1, 2):
+            raise ValueError(f"connectivity must be 1 (4-neighbours) or 2 (8-neighbours), got {connectivity}")
+        self.body_threshold, self.foreground_threshold = body_threshold, foreground_threshold
+        self.min_marker_area, self.min_nucleus_area = min_marker_area, min_nucleus_area
+        self.fill_holes, self.connectivity = fill_holes, connectivity
+
+    def markers(self, body: np.ndarray) -> np.ndarray:
+        """(H, W) body probability -> (H, W) int32 seed labels (0 = no seed)."""
+        seeds = connected_components(body > self.body_threshold, connectivity=self.connectivity).astype(np.int32)
+        return remove_small_labels(seeds, self.min_marker_area)
+
+    def mask(self, prob: np.ndarray, markers: np.ndarray) -> np.ndarray:
+        """(H, W) bool: where nuclei may grow (foreground, seeds, and filled holes when asked)."""
+        foreground = (prob[BODY] + prob[BOUNDARY] > self.foreground_threshold) | (markers > 0)
+        return ndimage.binary_fill_holes(foreground) if self.fill_holes else foreground
+
+    def __call__(self, prob: NdarrayOrTensor) -> NdarrayOrTensor:
+        probabilities = as_probability_map(prob)
+        markers = self.markers(probabilities[BODY])
+        mask = self.mask(probabilities, markers)
+        elevation = -probabilities[BODY].astype(np.float32)
+        instances = watershed(elevation, markers, mask=mask, connectivity=self.connectivity)
+        instances = remove_small_labels(instances.astype(np.int32), self.min_nucleus_area)
+        instances = relabel_sequential(instances)[0].astype(np.int32)
+        return convert_to_dst_type(instances[None], prob, dtype=np.int32)[0]
+
+
+class ClassMapToInstancesd(MapTransform):
+    """Dictionary version of :class:`ClassMapToInstances`.
+
+    Args:
+        keys: keys of the (3, H, W) softmax maps.
+        output_key: where to store the (1, H, W) instance map; None replaces ``d[key]``.
+            Needs exactly one key when given.
+        allow_missing_keys: skip absent keys instead of raising ``KeyError``.
+        Remaining arguments: see :class:`ClassMapToInstances`.
+    """
+
+    backend = ClassMapToInstances.backend
+
+    def __init__(
+        self,
+        keys: KeysCollection = "pred",
+        output_key: str | None = None,
+        body_threshold: float = 0.5,
+        foreground_threshold: float = 0.5,
+        min_marker_area: int = 10,
+        min_nucleus_area: int = 30,
+        fill_holes: bool = True,
+        connectivity: int = 1,
+        allow_missing_keys: bool = False,
+    ):
+        super().__init__(keys, allow_missing_keys)
+        if output_key is not None and len(self.keys) != 1:
+            raise ValueError(f"output_key {output_key!r} needs exactly one input key, got {list(self.keys)}")
+        self.output_key = output_key
+        self.converter = ClassMapToInstances(
+            body_threshold, foreground_threshold, min_marker_area, min_nucleus_area, fill_holes, connectivity
+        )
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key if self.output_key is None else self.output_key] = self.converter(d[key])
+        return d

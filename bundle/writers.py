@@ -1,0 +1,232 @@
+"""Outputs a pathologist can open: instance TIFF, contour overlay PNG, QuPath GeoJSON, nucleus CSV.
+
+Instance maps are (H, W) or (1, H, W) non-negative integer ids (0 background), as
+:class:`bundle.postprocess.ClassMapToInstances` returns them; images are (H, W, 3) uint8 RGB
+(transpose channel-first tiles with ``image.transpose(1, 2, 0)``). Every ``write_*`` function
+writes through :func:`bundle.atomic.atomic_path` and raises
+:class:`bundle.data.DataFileError` naming the file when it cannot write it.
+
+Coordinates: :func:`instance_polygons` and :func:`nucleus_table` use the array convention of
+scikit-image (x = column, y = row, pixel centres at integers); :func:`nuclei_geojson` shifts
+them by ``pixel_centre`` (default 0.5) to QuPath's, where pixel (0, 0) spans [0, 1) x [0, 1).
+"""
+
+import csv
+import json
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+from skimage.color import rgb2hed
+from skimage.measure import approximate_polygon, find_contours, regionprops_table
+from skimage.segmentation import find_boundaries, relabel_sequential
+
+from bundle.atomic import atomic_path
+from bundle.data import TIFF_SUFFIXES, DataFileError, suffix_of, write_label
+from bundle.targets import as_label_map
+
+NUCLEUS_RGB = (0, 255, 0)
+"""Default colour of nucleus contours (overlay) and of the QuPath "Nucleus" class: green stands out on H&E."""
+
+QUPATH_PIXEL_CENTRE = 0.5
+"""QuPath coordinate of the centre of pixel 0 (its pixel (0, 0) spans [0, 1) x [0, 1))."""
+
+MIN_RING_POSITIONS = 4
+"""A GeoJSON linear ring needs at least 4 positions: 3 distinct vertices and the first repeated."""
+
+CROP_PADDING = 1
+"""Background pixels added around each nucleus's bounding box so that its contours close."""
+
+CONTOUR_LEVEL = 0.5
+"""Iso-level traced on a nucleus's 0/1 mask: the contour runs along the pixel edges."""
+
+NUCLEUS_COLUMNS = ("id", "centroid_x", "centroid_y", "area", "perimeter", "eccentricity", "mean_hematoxylin")
+"""Columns of :func:`nucleus_table` rows and of the CSV written by :func:`write_nuclei_csv`."""
+
+_REGIONPROPS_COLUMNS = {
+    "id": "label",
+    "centroid_x": "centroid-1",
+    "centroid_y": "centroid-0",
+    "area": "area",
+    "perimeter": "perimeter",
+    "eccentricity": "eccentricity",
+    "mean_hematoxylin": "intensity_mean",
+}
+_REGIONPROPS = ("label", "centroid", "area", "perimeter", "eccentricity", "intensity_mean")
+_INTEGER_COLUMNS = ("id", "area")
+
+
+# ----------------------------------------------------------------------------- arrays
+
+
+def _checked_rgb(image_rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """``image_rgb`` as an (H, W, 3) uint8 array whose (H, W) is ``shape``; ValueError otherwise."""
+    image = np.asarray(image_rgb)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got shape {image.shape} dtype {image.dtype}")
+    if image.shape[:2] != shape:
+        raise ValueError(f"image is {image.shape[0]}x{image.shape[1]} but the instance map is {shape[0]}x{shape[1]}")
+    return image
+
+
+def overlay_contours(
+    image_rgb: np.ndarray, instances: np.ndarray, color: Sequence[int] = NUCLEUS_RGB
+) -> np.ndarray:
+    """(H, W, 3) uint8 copy of ``image_rgb`` with every nucleus outlined in ``color``.
+
+    The outline is the nucleus's inner contour (``find_boundaries(mode="inner")``): 1 px inside
+    each nucleus, 2 px where two nuclei touch; pixels outside nuclei are left as they are.
+    """
+    ids = as_label_map(instances)
+    overlay = _checked_rgb(image_rgb, ids.shape).copy()
+    overlay[find_boundaries(ids, connectivity=1, mode="inner", background=0)] = color
+    return overlay
+
+
+def instance_polygons(instances: np.ndarray, tolerance: float = 0.5) -> list[tuple[int, np.ndarray]]:
+    """One closed outline per nucleus: ``[(id, (K, 2) float (x, y) vertices), ...]`` by increasing id.
+
+    Each outline is the longest iso-contour (``find_contours`` at level 0.5, i.e. along the
+    pixel edges) of the nucleus's bounding-box crop padded by 1 px of background, simplified by
+    ``approximate_polygon`` with ``tolerance`` pixels: vertices within ``tolerance`` of the
+    simplified outline are dropped, so an edge may sit up to ``tolerance`` px off the pixel
+    edges (0 keeps the exact trace; the raw contour is also kept when simplification leaves
+    fewer than 3 distinct vertices). Coordinates are image pixels, x = column and y = row,
+    pixel centres at integers; the first vertex is repeated last. A nucleus in several
+    pieces keeps its longest outline only; holes are not traced.
+    """
+    relabelled, _, inverse = relabel_sequential(as_label_map(instances))
+    polygons = []
+    for index, box in enumerate(ndimage.find_objects(relabelled), start=1):
+        crop = np.pad(relabelled[box] == index, CROP_PADDING)
+        origin = np.array([box[1].start, box[0].start], dtype=float) - CROP_PADDING  # (x, y) of the crop's pixel 0
+        polygons.append((int(inverse[index]), _outline(crop, tolerance) + origin))
+    return polygons
+
+
+def _outline(mask: np.ndarray, tolerance: float) -> np.ndarray:
+    """(h, w) bool mask, background on its border -> (K, 2) closed (x, y) outline: its longest contour."""
+    contour = max(find_contours(mask, CONTOUR_LEVEL), key=len)
+    simplified = approximate_polygon(contour, tolerance)
+    ring = simplified if len(simplified) >= MIN_RING_POSITIONS else contour
+    return ring[:, ::-1]
+
+
+def nuclei_geojson(
+    instances: np.ndarray,
+    offset: tuple[float, float] = (0.0, 0.0),
+    tolerance: float = 0.5,
+    color: Sequence[int] = NUCLEUS_RGB,
+    pixel_centre: float = QUPATH_PIXEL_CENTRE,
+) -> dict:
+    """GeoJSON FeatureCollection of the nuclei, one QuPath detection Feature per nucleus.
+
+    Args:
+        instances: (H, W) or (1, H, W) instance ids.
+        offset: (x0, y0) in pixels added to every vertex: the tile's corner inside the slide.
+        tolerance: outline simplification in pixels (see :func:`instance_polygons`).
+        color: RGB 0-255 of the "Nucleus" classification.
+        pixel_centre: coordinate given to the centre of pixel 0; 0.5 matches QuPath, where
+            pixel (0, 0) spans [0, 1) x [0, 1), so outlines lie on the pixel edges there.
+
+    Each Feature: geometry ``Polygon`` with one closed ring ``[[x, y], ...]`` (floats);
+    properties ``{"objectType": "detection", "classification": {"name": "Nucleus", "color":
+    [r, g, b]}, "measurements": {"id": nucleus id}}``.
+    """
+    shift = np.asarray(offset, dtype=float) + pixel_centre
+    features = [
+        {
+            "type": "Feature",
+            "geometry": {"type": "Polygon", "coordinates": [(ring + shift).tolist()]},
+            "properties": {
+                "objectType": "detection",
+                "classification": {"name": "Nucleus", "color": [int(channel) for channel in color]},
+                "measurements": {"id": nucleus_id},
+            },
+        }
+        for nucleus_id, ring in instance_polygons(instances, tolerance)
+    ]
+    return {"type": "FeatureCollection", "features": features}
+
+
+def nucleus_table(image_rgb: np.ndarray, instances: np.ndarray) -> list[dict]:
+    """One row per nucleus, by increasing id, with the columns of :data:`NUCLEUS_COLUMNS`.
+
+    ``id``; ``centroid_x``, ``centroid_y`` (pixels, x = column, y = row); ``area`` (pixels);
+    ``perimeter`` (pixels, scikit-image's 4-connected estimate); ``eccentricity`` (0 circle,
+    towards 1 elongated); ``mean_hematoxylin``: mean hematoxylin optical density within the
+    nucleus (``rgb2hed`` channel 0). Measured by ``regionprops_table`` in one call.
+    """
+    ids = as_label_map(instances)
+    hematoxylin = rgb2hed(_checked_rgb(image_rgb, ids.shape))[..., 0]
+    table = regionprops_table(ids, intensity_image=hematoxylin, properties=_REGIONPROPS)
+    columns = {
+        name: table[_REGIONPROPS_COLUMNS[name]].astype(np.int64 if name in _INTEGER_COLUMNS else float).tolist()
+        for name in NUCLEUS_COLUMNS
+    }
+    return [dict(zip(NUCLEUS_COLUMNS, values)) for values in zip(*columns.values())]
+
+
+# ----------------------------------------------------------------------------- files
+
+
+@contextmanager
+def _naming_errors(path: Path) -> Iterator[None]:
+    """Re-raise a failure to write ``path`` (bad input or I/O) as a DataFileError naming it."""
+    try:
+        yield
+    except DataFileError:
+        raise
+    except (OSError, ValueError, TypeError) as err:
+        raise DataFileError(path, f"cannot write ({type(err).__name__}: {err})") from err
+
+
+def _require_suffix(path: Path, suffixes: Sequence[str], what: str) -> None:
+    """DataFileError unless ``path`` ends in one of ``suffixes`` (case-insensitive)."""
+    if suffix_of(path) not in suffixes:
+        raise DataFileError(path, f"{what} is written as {suffixes[0]}; the name must end in one of {tuple(suffixes)}")
+
+
+def write_instance_tiff(path: str | os.PathLike, instances: np.ndarray) -> None:
+    """Write the (H, W) instance map as a zlib TIFF: uint16 when max id < 65536, else uint32."""
+    path = Path(path)
+    _require_suffix(path, TIFF_SUFFIXES, "an instance map")
+    with _naming_errors(path):
+        write_label(path, as_label_map(instances))
+
+
+def write_overlay_png(
+    path: str | os.PathLike, image: np.ndarray, instances: np.ndarray, color: Sequence[int] = NUCLEUS_RGB
+) -> None:
+    """Write :func:`overlay_contours` of ``image`` (H, W, 3) uint8 and ``instances`` as an RGB PNG."""
+    path = Path(path)
+    _require_suffix(path, (".png",), "an overlay")
+    with _naming_errors(path), atomic_path(path) as tmp:
+        Image.fromarray(overlay_contours(image, instances, color)).save(tmp, format="PNG")
+
+
+def write_geojson(path: str | os.PathLike, geojson: dict) -> None:
+    """Write a GeoJSON dict (e.g. :func:`nuclei_geojson`) as strict JSON (NaN refused)."""
+    path = Path(path)
+    with _naming_errors(path), atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as file:
+        json.dump(geojson, file, allow_nan=False)
+
+
+def write_nuclei_csv(path: str | os.PathLike, rows: Sequence[dict]) -> None:
+    """Write :func:`nucleus_table` rows as CSV with a header of :data:`NUCLEUS_COLUMNS` (also for no rows).
+
+    Raises:
+        DataFileError: a row whose keys are not exactly :data:`NUCLEUS_COLUMNS`, or an I/O failure.
+    """
+    path = Path(path)
+    with _naming_errors(path), atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as file:
+        writer = csv.DictWriter(file, fieldnames=NUCLEUS_COLUMNS)
+        writer.writeheader()
+        for index, row in enumerate(rows):
+            if row.keys() != set(NUCLEUS_COLUMNS):
+                raise DataFileError(path, f"row {index} has columns {sorted(row)}, expected {list(NUCLEUS_COLUMNS)}")
+            writer.writerow(row)
