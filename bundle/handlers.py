@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.handlers import from_engine
 from monai.utils import CommonKeys, convert_to_numpy
 from torch import nn
 
@@ -61,7 +60,8 @@ class StopOnNonFiniteLoss:
         engine.add_event_handler(Events.ITERATION_COMPLETED, self)
 
     def __call__(self, engine: Engine) -> None:
-        loss = from_engine([CommonKeys.LOSS], first=True)(engine.state.output)
+        output = engine.state.output
+        loss = (output[0] if isinstance(output, list) else output)[CommonKeys.LOSS]  # decollated or not
         value = loss.item() if isinstance(loss, torch.Tensor) else float(loss)
         if not math.isfinite(value):
             raise FloatingPointError(
