@@ -8,6 +8,7 @@ data_list_key=key, base_dir=folder)``. Keys: ``training``, ``validation``, ``tes
 fraction, plus the metadata ``seed``, ``val_fraction`` and ``label_fractions``.
 """
 
+import logging
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -20,6 +21,8 @@ from bundle.data import IMAGE_SUFFIXES, LABEL_SUFFIXES, DataFileError, stem_of, 
 
 DEFAULT_LABEL_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 1.0)
 ANNOTATION_SUFFIXES = (*LABEL_SUFFIXES, ".xml")
+
+logger = logging.getLogger(__name__)
 
 
 class Pairing(NamedTuple):
@@ -64,7 +67,9 @@ def label_fraction_subset(train_items: Sequence, fraction: float) -> list:
     """The first ``max(1, round(fraction * n))`` items (halves up): nested across fractions."""
     if not 0 < fraction <= 1:
         raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
-    return list(train_items[: max(1, round_half_up(fraction * len(train_items)))])
+    subset = list(train_items[: max(1, round_half_up(fraction * len(train_items)))])
+    logger.info("label fraction %g: %d of %d training items", fraction, len(subset), len(train_items))
+    return subset
 
 
 def fraction_key(fraction: float) -> str:

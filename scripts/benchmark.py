@@ -1,6 +1,8 @@
 """Benchmarks of the bundle's library code, one subcommand each.
 
     python scripts/benchmark.py metrics [--repeats 20] [--reference_repeats 3]
+    python scripts/benchmark.py postprocess [--repeats 10]
+    python scripts/benchmark.py pretrain [--backbone resnet18 --crop_size 256 --batch 4]
 
 ``metrics``: ``bundle.metrics.nuclei_metrics`` (all scores from one overlap table) against
 the per-nucleus AJI of ``bundle.metrics_reference`` on 1000x1000 label-map pairs with
@@ -11,6 +13,17 @@ perturbed copy of itself (shifted 1 px, eroded or dilated 1 px, 5 % of nuclei dr
 Prints the median wall time of each, their ratio and the peak extra memory of
 ``nuclei_metrics`` (tracemalloc: the peak of the bytes allocated during one call, numpy
 buffers included, inputs excluded).
+
+``postprocess``: targets (InstanceToClassMap), post-processing (ClassMapToInstances) and the
+two slowest outputs (GeoJSON outlines, nucleus table) on a ~600-nucleus synthetic tile, with a
+realistic softmax map made from its targets: one-hot, Gaussian blur, noise, renormalised.
+
+``pretrain``: (a) triplets per second of the pretraining transform chain of
+``configs/pretrain.json`` in one process on one thread (= per loader worker), from cached
+1000x1000 tiles; (b) the time of one pretraining step on B triplets (one batched pass over
+3B crops, projection, count head, both losses, backward, SGD step) divided by the time of a
+plain encoder forward+backward+step on the same 3B crops, and by three separate passes.
+Runs on CUDA when present (AMP), else on the CPU.
 """
 
 import os
@@ -23,12 +36,21 @@ from pathlib import Path
 
 import fire
 import numpy as np
+import torch
+from monai.bundle import ConfigParser
 from PIL import Image
+from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, so `bundle` imports when run as a script
 
+from bundle.losses import InstanceAwareLoss  # noqa: E402
 from bundle.metrics import nuclei_metrics  # noqa: E402
 from bundle.metrics_reference import aji_reference, perturb_instances, random_instance_map  # noqa: E402
+from bundle.networks import TripletEncoderNet  # noqa: E402
+from bundle.postprocess import ClassMapToInstances  # noqa: E402
+from bundle.synthetic import synthesize_tile  # noqa: E402
+from bundle.targets import N_CLASSES, InstanceToClassMap  # noqa: E402
+from bundle.writers import nuclei_geojson, nucleus_table  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("NUCLEI_SHARED_DATA", REPO_ROOT.parent / "shared" / "data"))
@@ -41,6 +63,9 @@ SEED = 0
 MAX_MEDIAN_MS = 30.0
 MIN_SPEEDUP = 100.0
 MAX_PEAK_MIB = 100.0
+NUCLEI_PER_MEGAPIXEL = 900.0  # synthesize_tile density before thinning: ~600 nuclei per 1000x1000 tile
+BLUR_SIGMA = 1.5  # pixels: softens the one-hot map like a network's uncertain edges
+NOISE_STD = 0.1  # additive noise on each probability channel before renormalising
 
 
 def median_seconds(function: Callable[[], object], repeats: int) -> float:
@@ -104,5 +129,112 @@ def metrics(repeats: int = 20, reference_repeats: int = 3) -> None:
         )
 
 
+
+def synthetic_softmax(classes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(1, H, W) class map -> (3, H, W) float32 probabilities: one-hot, blurred, noisy, renormalised."""
+    one_hot = np.eye(N_CLASSES, dtype=np.float32)[classes[0]].transpose(2, 0, 1)
+    blurred = ndimage.gaussian_filter(one_hot, sigma=(0, BLUR_SIGMA, BLUR_SIGMA))
+    noisy = np.clip(blurred + rng.normal(0.0, NOISE_STD, blurred.shape).astype(np.float32), 0.0, None)
+    return noisy / np.maximum(noisy.sum(axis=0, keepdims=True), np.finfo(np.float32).tiny)
+
+
+def postprocess(repeats: int = 10) -> None:
+    """Time InstanceToClassMap, ClassMapToInstances and the outputs on one synthetic 1000x1000 tile."""
+    image, label = synthesize_tile(TILE_SHAPE, SEED, density=NUCLEI_PER_MEGAPIXEL)
+    to_classes, to_instances = InstanceToClassMap(), ClassMapToInstances()
+    classes = to_classes(label[None])
+    prob = synthetic_softmax(classes, np.random.default_rng(SEED))
+    instances = to_instances(prob)
+    targets_s = median_seconds(lambda: to_classes(label[None]), repeats)
+    postprocess_s = median_seconds(lambda: to_instances(prob), repeats)
+    geojson_s = median_seconds(lambda: nuclei_geojson(instances), repeats)
+    table_s = median_seconds(lambda: nucleus_table(image, instances), repeats)
+    print(f"tile {TILE_SHAPE[0]}x{TILE_SHAPE[1]} px, {label.max()} nuclei; softmax: blur {BLUR_SIGMA} px, noise {NOISE_STD}")
+    print(f"InstanceToClassMap:  median {targets_s * 1000:.1f} ms per tile ({repeats} repeats)")
+    print(f"ClassMapToInstances: median {postprocess_s * 1000:.1f} ms per tile ({repeats} repeats)")
+    print(f"nuclei_geojson:      median {geojson_s * 1000:.1f} ms per tile ({repeats} repeats)")
+    print(f"nucleus_table:       median {table_s * 1000:.1f} ms per tile ({repeats} repeats)")
+    print(f"nuclei recovered: {instances.max()} of {label.max()}")
+
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _step_seconds(step: Callable[[], None], device: torch.device, repeats: int) -> float:
+    def timed() -> None:
+        step()
+        _synchronize(device)
+
+    return median_seconds(timed, repeats)
+
+
+def pretrain(backbone: str = "resnet18", crop_size: int = 256, batch: int = 4, triplets: int = 40, repeats: int = 5) -> None:
+    """Triplet throughput per loader worker, and the cost of one batched pretraining step."""
+    parser = ConfigParser()
+    parser.read_config(str(REPO_ROOT / "configs" / "pretrain.json"))
+    negative_sizes = [s for s in (crop_size * 2 // 3, crop_size // 3, crop_size // 6, crop_size // 12) if s >= 8]
+    parser.update({"crop_size": crop_size, "max_shift": crop_size // 3, "negative_sizes": negative_sizes})
+    chain = parser.get_parsed_content("train#preprocessing")
+    tiles = [synthesize_tile((1000, 1000), seed)[0] for seed in range(4)]
+    cached = [{"image": np.ascontiguousarray(tile.transpose(2, 0, 1)), "image_path": f"tile{i}"} for i, tile in enumerate(tiles)]
+    random_part = chain.transforms[1:]  # LoadTiled's output is what CacheDataset keeps
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    for index in range(triplets):
+        sample = dict(cached[index % len(cached)])
+        for transform in random_part:
+            sample = transform(sample)
+    per_worker = triplets / (time.perf_counter() - start)
+    torch.set_num_threads(threads)
+    print(f"(a) triplets at {crop_size} px from 1000x1000 tiles, one process, one thread: {per_worker:.1f} triplets/s per worker")
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    net = TripletEncoderNet(backbone=backbone).to(device)
+    optimizer = torch.optim.SGD(net.parameters(), lr=1e-4, momentum=0.9)
+    loss_fn = InstanceAwareLoss()
+    crops = torch.rand(3 * batch, 3, crop_size, crop_size, device=device)
+    autocast = torch.autocast(device.type, enabled=device.type == "cuda")
+
+    def triplet_step() -> None:
+        optimizer.zero_grad()
+        with autocast:
+            loss = loss_fn(net(crops))
+        loss.backward()
+        optimizer.step()
+
+    def encoder_step(inputs: torch.Tensor) -> None:
+        with autocast:
+            loss = net.encoder(inputs)[-1].float().mean()
+        loss.backward()
+
+    def plain_step() -> None:
+        optimizer.zero_grad()
+        encoder_step(crops)
+        optimizer.step()
+
+    def three_pass_step() -> None:
+        optimizer.zero_grad()
+        for part in crops.chunk(3):
+            encoder_step(part)
+        optimizer.step()
+
+    for step in (triplet_step, plain_step, three_pass_step):
+        step()  # warm-up (cuDNN autotuning, allocator)
+    triplet_s = _step_seconds(triplet_step, device, repeats)
+    plain_s = _step_seconds(plain_step, device, repeats)
+    three_s = _step_seconds(three_pass_step, device, repeats)
+    name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    print(f"(b) {backbone}, B={batch} triplets ({3 * batch} crops of {crop_size} px) on {name}, median of {repeats}:")
+    print(f"    pretraining step {triplet_s * 1e3:.0f} ms | plain encoder fwd+bwd on 3B crops {plain_s * 1e3:.0f} ms "
+          f"| three separate passes {three_s * 1e3:.0f} ms")
+    print(f"    ratio step / plain {triplet_s / plain_s:.3f} (target <= 1.15) | three passes / plain {three_s / plain_s:.3f}")
+    if device.type == "cuda":
+        print(f"    peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
+
+
 if __name__ == "__main__":
-    fire.Fire({"metrics": metrics})
+    fire.Fire({"metrics": metrics, "postprocess": postprocess, "pretrain": pretrain})
