@@ -19,8 +19,8 @@ if [ -n "${SMOKE:-}" ]; then
 else
   SIZE=(--backbone resnet101 --crop_size 768 --num_workers 14)
   PRE=(--batch_size 8 --triplets_per_epoch 160 --max_epochs 25 --log_every 5 --checkpoint_interval 5)
-  FT=(--batch_size 8 --crops_per_tile 4 --max_epochs 30 --val_interval 5 --checkpoint_interval 5 --sw_batch_size 4 --learning_rate 0.0003)
-  T_PRE=150; T_FT=120; BENCH=(--backbone resnet101 --crop_size 768 --batch 8 --triplets 40 --repeats 5)
+  FT=(--batch_size 2 --crops_per_tile 4 --max_epochs 25 --val_interval 5 --checkpoint_interval 5 --sw_batch_size 4 --learning_rate 0.0003)
+  T_PRE=130; T_FT=130; BENCH=(--backbone resnet101 --crop_size 768 --batch 8 --triplets 40 --repeats 5)
 fi
 run() { local budget=$1; shift; echo "+ $*"; local t0=$(date +%s); timeout "$budget" "$@"; local rc=$?; echo "= rc $rc in $(( $(date +%s) - t0 )) s"; }
 nvidia-smi --query-gpu=timestamp,name,memory.used,utilization.gpu --format=csv -l 2 > "$OUT/gpu_usage.csv" 2>/dev/null &
@@ -39,7 +39,7 @@ print('encoder taken from', path)"
   for init in ssl scratch; do
     # bundle_root $WORK/ssl holds models/pretrained_encoder.pt, train.json's default for --init ssl
     run $T_FT $PY -m monai.bundle run --config_file configs/train.json --bundle_root "$WORK/$init" --dataset_dir "$WORK/prepared" --init $init "${SIZE[@]}" "${FT[@]}"
-    run 60 $PY -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json']" --bundle_root "$WORK/$init" --dataset_dir "$WORK/prepared" "${SIZE[@]}"
+    run 40 $PY -m monai.bundle run --config_file "['configs/train.json','configs/evaluate.json']" --bundle_root "$WORK/$init" --dataset_dir "$WORK/prepared" "${SIZE[@]}"
     cp "$WORK/$init/eval/metrics.csv" "$OUT/eval_$init.csv" 2>/dev/null
     $PY scripts/tb_to_csv.py "$WORK/$init/runs/train" "$OUT/train_curves_$init.csv"
   done
