@@ -1,0 +1,279 @@
+"""Experiment runner: initialisation x label fraction x seed, each cell through the bundle configs.
+
+    python scripts/experiment.py run --preset cpu --data ../shared/data/monuseg/train
+    python scripts/experiment.py run --preset cpu --data DIR --inits scratch,ssl --fractions 1.0,0.1 --seeds 0,1
+    python scripts/experiment.py run --preset cpu --data DIR --folds 5          # K-fold cross-validation
+    python scripts/experiment.py report --preset cpu                            # tables + plot only
+
+A cell = pretrain (once per proxy and seed, reused) -> fine-tune (train.json) -> evaluate
+(train.json + evaluate.json), each a ``python -m monai.bundle run`` with the preset's
+overrides. Finished steps are skipped on a rerun (their output files exist), so an
+interrupted grid resumes where it stopped. Fine-tuning runs a fixed number of optimiser
+steps whatever the label fraction (epochs are derived), so fractions differ only in data.
+``report`` writes ``docs/results/<preset>.md`` (tables shaped like the paper's Tables 1-4)
+and ``docs/results/<preset>.png`` (AJI against label fraction per initialisation).
+"""
+
+import json
+import math
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import fire
+import numpy as np
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))  # run as `python scripts/experiment.py` from anywhere
+
+from bundle.atomic import atomic_path  # noqa: E402
+from bundle.datalist import round_half_up  # noqa: E402
+
+CONFIGS = REPO_ROOT / "configs"
+# Each preset: overrides of pretrain.json and train.json, fine-tuning steps, and what it is for.
+PRESETS = {
+    "paper": {
+        "about": "ResNet-101, 768 px crops, the paper's scale; for GPUs",
+        "common": {"backbone": "resnet101", "crop_size": 768, "num_workers": 8},
+        "pretrain": {"batch_size": 4, "triplets_per_epoch": 120, "max_epochs": 100, "checkpoint_interval": 10},
+        "train": {"batch_size": 2, "crops_per_tile": 4, "learning_rate": 0.0003, "checkpoint_interval": 10},
+        "finetune_steps": 6000,
+        "validations": 10,
+    },
+    "cpu": {
+        "about": "ResNet-18, 128 px crops at 40x (negatives 96/64/48/32 px), whole-tile validation with 256 px windows; "
+        "sized to finish a 2-seed scratch/ssl/ablation grid at two label fractions in about 100 minutes on 2 CPU cores",
+        "common": {"backbone": "resnet18", "crop_size": 128, "num_workers": 0, "val_roi_size": 256, "sw_batch_size": 4},
+        "pretrain": {"max_shift": 64, "negative_sizes": [96, 64, 48, 32], "batch_size": 4, "triplets_per_epoch": 64,
+                     "max_epochs": 16, "checkpoint_interval": 4},
+        "train": {"batch_size": 2, "crops_per_tile": 8, "learning_rate": 0.002, "checkpoint_interval": 1000},
+        "finetune_steps": 150,
+        "validations": 1,
+    },
+    "tiny": {
+        "about": "ResNet-10, 64 px crops, a few steps: for tests of the runner itself",
+        "common": {"backbone": "resnet10", "crop_size": 64, "num_workers": 0, "sw_batch_size": 4},
+        "pretrain": {"max_shift": 16, "negative_sizes": [48, 32], "batch_size": 2, "triplets_per_epoch": 4, "max_epochs": 1},
+        "train": {"batch_size": 2, "crops_per_tile": 1, "checkpoint_interval": 1000},
+        "finetune_steps": 2,
+        "validations": 1,
+    },
+}
+# How each initialisation is pretrained: extra config files and overrides of pretrain.json.
+PRETRAININGS = {
+    "ssl": ([], {}),
+    "ssl_lst": ([], {"w_cr": 0.0}),
+    "ssl_lcr": ([], {"w_st": 0.0}),
+    "rotnet": (["pretext_rotnet.json"], {}),
+    "jigsaw": (["pretext_jigsaw.json"], {}),
+    "colorme": (["pretext_colorme.json"], {}),
+}
+LABELS = {"scratch": "Scratch", "imagenet": "ImageNet", "ssl": "SSL (L_ST + L_CR)", "ssl_lst": "L_ST only",
+          "ssl_lcr": "L_CR only", "rotnet": "RotNet", "jigsaw": "Jigsaw", "colorme": "ColorMe"}
+
+
+def _as_list(value, cast) -> list:
+    items = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else [value]
+    return [cast(item) for item in items]
+
+
+def bundle_run(configs: list[str], log: Path, **overrides) -> None:
+    """``python -m monai.bundle run`` with ``--key value`` overrides; output to ``log``; raise on failure."""
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps([str(CONFIGS / c) for c in configs])]
+    for key, value in overrides.items():
+        command += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as handle:
+        result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
+    if result.returncode:
+        raise RuntimeError(f"step failed (exit {result.returncode}); see {log}")
+
+
+def prepared_dataset(data: Path, out: Path) -> Path:
+    """``data`` if it is a prepared folder (has datalist.json), else prepare it into ``out/prepared``."""
+    if (data / "datalist.json").is_file():
+        return data
+    prepared = out / "prepared"
+    if not (prepared / "datalist.json").is_file():
+        subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "prepare.py"), "prepare", str(data), str(prepared)], check=True)
+    return prepared
+
+
+def fold_datalists(prepared: Path, out: Path, folds: int, seed: int = 0) -> list[Path]:
+    """K datalists over all labelled items (training + validation pooled): fold k validates on its share."""
+    datalist = json.loads((prepared / "datalist.json").read_text())
+    items = datalist["training"] + datalist["validation"]
+    order = [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
+    paths = []
+    for fold in range(folds):
+        validation = [item for i, item in enumerate(order) if i % folds == fold]
+        training = [item for i, item in enumerate(order) if i % folds != fold]
+        base = str(prepared.resolve())
+        absolute = lambda rows: [{k: f"{base}/{v}" if k in ("image", "label") else v for k, v in row.items()} for row in rows]
+        path = out / "folds" / f"datalist_fold{fold}.json"
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps({"training": absolute(training), "validation": absolute(validation)}, indent=1))
+        paths.append(path)
+    return paths
+
+
+def finetune_schedule(preset: dict, n_train: int, fraction: float) -> dict:
+    """``max_epochs`` and ``val_interval`` that give the preset's number of optimiser steps."""
+    tiles = max(1, round_half_up(fraction * n_train))
+    steps_per_epoch = math.ceil(tiles / preset["train"]["batch_size"])
+    epochs = max(1, math.ceil(preset["finetune_steps"] / steps_per_epoch))
+    return {"max_epochs": epochs, "val_interval": max(1, epochs // preset["validations"])}
+
+
+def pretrained_encoder(init: str, seed: int, preset: dict, dataset_dir: Path, out: Path) -> Path:
+    """Pretrain once per (init, seed); return the encoder file (reused when it exists)."""
+    root = out / "pretrain" / f"{init}_s{seed}"
+    encoder = root / "models" / "pretrained_encoder.pt"
+    if not encoder.is_file():
+        extra_configs, overrides = PRETRAININGS[init]
+        start = time.time()
+        bundle_run(["pretrain.json", *extra_configs], root / "log.txt", bundle_root=str(root), dataset_dir=str(dataset_dir),
+                   seed=seed, **preset["common"], **preset["pretrain"], **overrides)
+        (root / "timing.json").write_text(json.dumps({"seconds": time.time() - start}))
+    return encoder
+
+
+def run_cell(init: str, fraction: float, seed: int, preset: dict, dataset_dir: Path, datalist: Path, out: Path,
+             cell_name: str, imagenet_weights: str | None) -> dict:
+    """Fine-tune and evaluate one cell (skipped when its summary exists); return the summary."""
+    root = out / "cells" / cell_name
+    summary_path = root / "eval" / "metrics_summary.json"
+    if summary_path.is_file():
+        return json.loads(summary_path.read_text())
+    start = time.time()
+    n_train = len(json.loads(datalist.read_text())["training"])
+    init_args = {"init": "scratch"} if init == "scratch" else {"init": "imagenet", "init_weights": imagenet_weights} \
+        if init == "imagenet" else {"init": "ssl", "init_weights": str(pretrained_encoder(init, seed, preset, dataset_dir, out))}
+    pretrain_seconds = time.time() - start
+    common = {"bundle_root": str(root), "dataset_dir": str(dataset_dir), "datalist_path": str(datalist), "seed": seed, **preset["common"]}
+    bundle_run(["train.json"], root / "train_log.txt", **common, **preset["train"], **finetune_schedule(preset, n_train, fraction),
+               label_fraction=fraction, resume=True, **init_args)
+    bundle_run(["train.json", "evaluate.json"], root / "eval_log.txt", **common)
+    (root / "timing.json").write_text(json.dumps({"seconds": time.time() - start - pretrain_seconds}))
+    return json.loads(summary_path.read_text())
+
+
+def run(preset: str = "cpu", data: str = "../shared/data/monuseg/train", out: str | None = None,
+        inits="scratch,ssl,ssl_lst,ssl_lcr", fractions="1.0,0.1", seeds="0,1", folds: int = 0,
+        imagenet_weights: str | None = None, report_to: str = "docs/results") -> None:
+    """Run (or resume) the grid, then write the report."""
+    started = time.time()
+    spec = PRESETS[preset]
+    out_dir = (REPO_ROOT / (out or f"experiments/{preset}")).resolve()
+    init_list = _as_list(inits, str) + (["imagenet"] if imagenet_weights and "imagenet" not in str(inits) else [])
+    unknown = [i for i in init_list if i not in LABELS]
+    if unknown:
+        raise SystemExit(f"unknown initialisations {unknown}; choose from {sorted(LABELS)}")
+    dataset_dir = prepared_dataset(Path(data).resolve(), out_dir)
+    datalists = fold_datalists(dataset_dir, out_dir, folds) if folds else [dataset_dir / "datalist.json"]
+    grid = [(s, fold, f, i) for s in _as_list(seeds, int) for fold in range(len(datalists)) for f in _as_list(fractions, float) for i in init_list]
+    for number, (seed, fold, fraction, init) in enumerate(grid, 1):
+        name = f"{init}_f{round(fraction * 100)}_s{seed}" + (f"_fold{fold}" if folds else "")
+        print(f"[{number}/{len(grid)}] {name}", flush=True)
+        summary = run_cell(init, fraction, seed, spec, dataset_dir, datalists[fold], out_dir, name, imagenet_weights)
+        print(f"    AJI {summary['aji']:.4f} Dice {summary['dice']:.4f}", flush=True)
+    elapsed = json.loads((out_dir / "wall.json").read_text())["seconds"] if (out_dir / "wall.json").is_file() else 0.0
+    (out_dir / "wall.json").write_text(json.dumps({"seconds": elapsed + time.time() - started, "command": " ".join(sys.argv)}))
+    report(preset, out, report_to)
+
+
+def _cells(out_dir: Path) -> list[dict]:
+    cells = []
+    for summary in sorted((out_dir / "cells").glob("*/eval/metrics_summary.json")):
+        name = summary.parent.parent.name
+        parts = name.split("_")
+        fold = next((int(p[4:]) for p in parts if p.startswith("fold")), None)
+        seed = next(int(p[1:]) for p in parts if p.startswith("s") and p[1:].isdigit())
+        fraction = next(int(p[1:]) for p in parts if p.startswith("f") and p[1:].isdigit()) / 100
+        init = "_".join(p for p in parts if not ((p[:1] in "fs" and p[1:].isdigit()) or p.startswith("fold")))
+        cells.append({"init": init, "fraction": fraction, "seed": seed, "fold": fold, **json.loads(summary.read_text())})
+    return cells
+
+
+def _mean_spread(values: list[float]) -> str:
+    if not values:
+        return "–"
+    mean = 100 * statistics.mean(values)
+    return f"{mean:.2f} ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
+
+
+def _table(cells: list[dict], inits: list[str], fractions: list[float], metric: str) -> list[str]:
+    lines = ["| initialisation | " + " | ".join(f"{round(f * 100)} % labels" for f in fractions) + " |",
+             "|---|" + "---|" * len(fractions)]
+    for init in inits:
+        row = [_mean_spread([c[metric] for c in cells if c["init"] == init and c["fraction"] == f]) for f in fractions]
+        lines.append(f"| {LABELS[init]} | " + " | ".join(row) + " |")
+    return lines
+
+
+def _plot(cells: list[dict], inits: list[str], fractions: list[float], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot
+
+    figure, axis = pyplot.subplots(figsize=(6, 4))
+    for init in inits:
+        points = [(f, [c["aji"] for c in cells if c["init"] == init and c["fraction"] == f]) for f in fractions]
+        points = [(f, v) for f, v in points if v]
+        axis.errorbar([100 * f for f, _ in points], [100 * statistics.mean(v) for _, v in points],
+                      yerr=[100 * statistics.stdev(v) if len(v) > 1 else 0 for _, v in points], marker="o", capsize=3, label=LABELS[init])
+    axis.set_xlabel("labelled training tiles (%)")
+    axis.set_ylabel("AJI (%)")
+    axis.set_title(title)
+    axis.legend()
+    axis.grid(alpha=0.3)
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    pyplot.close(figure)
+
+
+def report(preset: str = "cpu", out: str | None = None, report_to: str = "docs/results") -> None:
+    """Write ``<report_to>/<preset>.md`` and ``.png`` from the finished cells."""
+    out_dir = (REPO_ROOT / (out or f"experiments/{preset}")).resolve()
+    cells = _cells(out_dir)
+    if not cells:
+        raise SystemExit(f"no finished cells under {out_dir / 'cells'}")
+    inits = [i for i in LABELS if any(c["init"] == i for c in cells)]
+    fractions = sorted({c["fraction"] for c in cells}, reverse=True)
+    wall = json.loads((out_dir / "wall.json").read_text()) if (out_dir / "wall.json").is_file() else {}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO_ROOT).stdout.strip()
+    seeds = sorted({c["seed"] for c in cells})
+    lines = [f"# Experiment results: `{preset}` preset", "",
+             f"Preset: {PRESETS[preset]['about']}.",
+             f"Command: `{wall.get('command', 'python scripts/experiment.py run --preset ' + preset)}`  ",
+             f"Commit: `{commit}`; machine: {platform.machine()}, {platform.processor() or platform.system()}, "
+             f"{__import__('os').cpu_count()} cores; wall time of the runs: {wall.get('seconds', 0) / 60:.0f} min.  ",
+             f"Cells finished: {len(cells)}; seeds {seeds}. Figures are mean ± sample std over seeds (%), on the validation "
+             "tiles of the prepared split (or each fold's held-out tiles).", "",
+             "## Table 1 – AJI (%) by initialisation and label fraction", "", *_table(cells, inits, fractions, "aji"), "",
+             "## Table 1b – Dice (%)", "", *_table(cells, inits, fractions, "dice"), ""]
+    ablation = [i for i in ("ssl", "ssl_lst", "ssl_lcr") if i in inits]
+    if len(ablation) > 1:
+        lines += ["## Table 3 – ablation of the two losses, AJI (%)", "", *_table(cells, ablation, fractions, "aji"), ""]
+    proxies = [i for i in ("scratch", "imagenet", "rotnet", "jigsaw", "colorme", "ssl") if i in inits]
+    if any(i in inits for i in ("rotnet", "jigsaw", "colorme")):
+        lines += ["## Table 2 – proxy tasks, AJI (%)", "", *_table(cells, proxies, fractions, "aji"), ""]
+    folded = [c for c in cells if c["fold"] is not None]
+    if folded:
+        lines += ["## Table 4 – cross-validation, per fold (Dice %, AJI %)", "", "| initialisation | fold | Dice | AJI |", "|---|---|---|---|"]
+        for c in sorted(folded, key=lambda c: (inits.index(c["init"]), c["fold"])):
+            lines.append(f"| {LABELS[c['init']]} | {c['fold']} | {100 * c['dice']:.2f} | {100 * c['aji']:.2f} |")
+    target = REPO_ROOT / report_to
+    _plot(cells, inits, fractions, target / f"{preset}.png", f"{preset} preset: AJI vs labels")
+    lines += ["", f"![AJI against label fraction]({preset}.png)", ""]
+    with atomic_path(target / f"{preset}.md") as tmp:
+        tmp.write_text("\n".join(lines))
+    print(f"report written to {target / f'{preset}.md'}")
+
+
+if __name__ == "__main__":
+    fire.Fire({"run": run, "report": report})

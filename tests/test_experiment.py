@@ -1,0 +1,45 @@
+"""The experiment runner on a tiny grid: table shape, plot, and resume without rerunning cells."""
+
+import subprocess
+import sys
+
+import pytest
+from conftest import REPO_ROOT
+
+RUNNER = [sys.executable, str(REPO_ROOT / "scripts" / "experiment.py")]
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory, synthetic_dir):
+    out, docs = tmp_path_factory.mktemp("experiment"), tmp_path_factory.mktemp("docs")
+    args = ["run", "--preset", "tiny", "--data", str(synthetic_dir), "--out", str(out), "--inits", "scratch,ssl",
+            "--fractions", "1.0", "--seeds", "0", "--report_to", str(docs)]
+    first = subprocess.run(RUNNER + args, capture_output=True, text=True, timeout=900)
+    assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
+    return out, docs, args
+
+
+def test_grid_writes_tables_and_plot(grid):
+    out, docs, _ = grid
+    report = (docs / "tiny.md").read_text()
+    table = report.split("## Table 1 ")[1].split("##")[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "initialisation" not in line]
+    assert [row.split("|")[1].strip() for row in rows] == ["Scratch", "SSL (L_ST + L_CR)"]
+    assert all(len(row.split("|")) == 4 for row in rows)  # one label-fraction column
+    assert (docs / "tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "pretrain" / "ssl_s0" / "models" / "pretrained_encoder.pt").is_file()
+
+
+def test_rerun_skips_finished_cells(grid):
+    out, _, args = grid
+    logs = sorted(out.rglob("*log*.txt"))
+    before = {path: path.stat().st_mtime_ns for path in logs}
+    again = subprocess.run(RUNNER + args, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert {path: path.stat().st_mtime_ns for path in logs} == before
+
+
+def test_unknown_initialisation_is_refused(tmp_path, synthetic_dir):
+    result = subprocess.run(RUNNER + ["run", "--preset", "tiny", "--data", str(synthetic_dir), "--out", str(tmp_path), "--inits", "magic"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "unknown initialisations ['magic']" in result.stderr
