@@ -163,10 +163,15 @@ def run_cell(init: str, fraction: float, seed: int, preset: dict, dataset_dir: P
 
 def run(preset: str = "cpu", data: str = "../shared/data/monuseg/train", out: str | None = None,
         inits="scratch,ssl,ssl_lst,ssl_lcr", fractions="1.0,0.1", seeds="0,1", folds: int = 0,
-        imagenet_weights: str | None = None, report_to: str = "docs/results") -> None:
-    """Run (or resume) the grid, then write the report."""
+        imagenet_weights: str | None = None, report_to: str = "docs/results",
+        finetune_steps: int | None = None, pretrain_epochs: int | None = None) -> None:
+    """Run (or resume) the grid, then write the report; the two last options shorten a preset."""
     started = time.time()
     spec = PRESETS[preset]
+    if finetune_steps:
+        spec = {**spec, "finetune_steps": finetune_steps}
+    if pretrain_epochs:
+        spec = {**spec, "pretrain": {**spec["pretrain"], "max_epochs": pretrain_epochs}}
     out_dir = (REPO_ROOT / (out or f"experiments/{preset}")).resolve()
     init_list = _as_list(inits, str) + (["imagenet"] if imagenet_weights and "imagenet" not in str(inits) else [])
     unknown = [i for i in init_list if i not in LABELS]
