@@ -1,0 +1,308 @@
+"""Figures of a pretrained encoder: the count head's density maps (the paper's Fig. 3).
+
+    python scripts/visualize.py density --checkpoint models/pretrain --image TILE.tif \
+        [--image OTHER.tif] [--backbone resnet18] [--crop_size 768 --negative_size 256 \
+        --seed 0 --out docs/results/density.png]
+
+For each image, a positive crop and its negative (a sub-crop of the positive resized up to
+the crop size, as in pretraining) go through the count head at every location of the deepest
+feature map (``TripletEncoderNet.count_map``); the map's mean is the count ``f(z)``. The PNG
+shows each crop beside its map (bilinearly upsampled to the crop size, one colour scale for
+every map of the figure). A network that learned the ranking gives ``f(positive) > f(negative)``:
+the negative holds fewer, larger nuclei.
+"""
+
+import json
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import fire
+import matplotlib
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, so `bundle` imports when run as a script
+
+matplotlib.use("Agg")  # files only, no display
+
+from matplotlib.colors import Normalize  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE  # noqa: E402
+
+from bundle.atomic import atomic_path  # noqa: E402
+from bundle.data import read_image  # noqa: E402
+from bundle.handlers import latest_checkpoint  # noqa: E402
+from bundle.initialization import describe_architecture  # noqa: E402
+from bundle.networks import TripletEncoderNet  # noqa: E402
+from bundle.transforms import TripletCrop  # noqa: E402
+
+PANEL_INCHES = 3.2  # side of one crop or map panel
+COLOUR_BAR_INCHES = 0.9
+TITLE_INCHES = 0.4
+DPI = 100
+HEAT_MAP = "magma"
+NEGATIVE_BOX_COLOUR = "cyan"
+
+
+# ----------------------------------------------------------------------------- checkpoint
+
+
+def checkpoint_file(checkpoint: str | Path) -> Path:
+    """``checkpoint`` itself when a file; for a folder, its newest ``checkpoint_epoch=N.pt``."""
+    path = Path(checkpoint)
+    if path.is_dir():
+        found = latest_checkpoint(path)
+        if found is None:
+            raise FileNotFoundError(f"{path}: no checkpoint_epoch=N.pt in this folder")
+        return Path(found)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: checkpoint not found (give a checkpoint_epoch=N.pt file or the folder holding them)")
+    return path
+
+
+def network_state(path: Path) -> dict[str, torch.Tensor]:
+    """The TripletEncoderNet state dict under the key ``"network"`` of a pretraining checkpoint."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt or unsafe files
+        raise ValueError(f"{path}: not a loadable tensor-only checkpoint ({type(error).__name__}: {error})") from None
+    if not isinstance(checkpoint, dict) or "network" not in checkpoint:
+        keys = sorted(map(str, checkpoint)) if isinstance(checkpoint, dict) else type(checkpoint).__name__
+        raise ValueError(f"{path}: no 'network' entry (found {keys}); expected a checkpoint saved by configs/pretrain.json")
+    state = checkpoint["network"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"{path}: 'network' is not a state dict of tensors")
+    return state
+
+
+def encoder_backbone(path: Path, state: dict[str, torch.Tensor], backbone: str | None) -> str:
+    """``backbone`` when given, else the ResNet the ``encoder.*`` tensors of ``state`` come from."""
+    if backbone is not None:
+        return backbone
+    encoder = {key.removeprefix("encoder."): value for key, value in state.items() if key.startswith("encoder.")}
+    found = describe_architecture(encoder)
+    if found not in FLEXUNET_BACKBONE.register_dict:
+        raise ValueError(f"{path}: cannot infer the backbone (the encoder is {found}); pass --backbone")
+    return found
+
+
+def load_network(checkpoint: str | Path, backbone: str | None = None) -> TripletEncoderNet:
+    """The pretrained TripletEncoderNet of ``checkpoint`` (file or folder), on the CPU, in eval mode.
+
+    The backbone is inferred from the encoder's tensors unless given; the embedding size is
+    read from the projection's weight (embedding_dim, F).
+    """
+    path = checkpoint_file(checkpoint)
+    state = network_state(path)
+    backbone = encoder_backbone(path, state, backbone)
+    if "projection.weight" not in state:
+        raise ValueError(f"{path}: 'network' has no projection.weight; not a TripletEncoderNet state dict")
+    try:
+        net = TripletEncoderNet(backbone, embedding_dim=state["projection.weight"].shape[0])
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        found = describe_architecture({k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")})
+        first_lines = " ".join(str(error).splitlines()[:2])[:300]
+        raise ValueError(f"{path}: holds a {found} encoder that does not load into a {backbone} TripletEncoderNet ({first_lines})") from None
+    return net.eval()
+
+
+# ----------------------------------------------------------------------------- computation
+
+
+def as_network_input(crop: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """(3, S, S) uint8 crop -> (3, S, S) float32 in [0, 1], as pretraining scales it."""
+    return torch.as_tensor(np.asarray(crop)).float() / 255.0
+
+
+def density_maps(
+    net: TripletEncoderNet, positive: np.ndarray | torch.Tensor, negative: np.ndarray | torch.Tensor
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """Count-head density maps of a positive crop and its negative.
+
+    Args:
+        net: the pretrained network; evaluated in eval mode (batch-norm running statistics),
+            its training flag is restored afterwards.
+        positive, negative: (3, S, S) uint8 RGB crops of the same size.
+
+    Returns:
+        map_pos, map_neg: (S, S) float32, ``net.count_map`` bilinearly upsampled from the
+            deepest map's (h, w) to the crop size (count-head units per location).
+        f_pos, f_neg: the counts ``f(z)``, i.e. the means of the maps before upsampling
+            (equal to the count of ``net.forward``).
+    """
+    if np.shape(positive) != np.shape(negative) or len(np.shape(positive)) != 3 or np.shape(positive)[0] != 3:
+        raise ValueError(f"positive and negative must be (3, S, S) crops of one size, got {np.shape(positive)} and {np.shape(negative)}")
+    batch = torch.stack([as_network_input(positive), as_network_input(negative)])
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            maps = net.count_map(batch.to(next(net.parameters()).device)).cpu()
+    finally:
+        net.train(was_training)
+    counts = maps.mean(dim=(1, 2))
+    upsampled = torch.nn.functional.interpolate(maps[:, None], size=batch.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    map_pos, map_neg = upsampled.numpy()
+    return map_pos, map_neg, float(counts[0]), float(counts[1])
+
+
+@dataclass
+class DensityPair:
+    """One image's row pair: crops (3, S, S) uint8, maps (S, S), counts, and the negative's
+    box ``(row, col, side)`` in pixels of the positive crop."""
+
+    name: str
+    positive: np.ndarray
+    negative: np.ndarray
+    map_pos: np.ndarray
+    map_neg: np.ndarray
+    f_pos: float
+    f_neg: float
+    negative_box: tuple[int, int, int]
+
+
+def positive_and_negative(path: Path, crop_size: int, negative_size: int, seed: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
+    """A positive crop of the image at ``path`` and its negative, both (3, S, S) uint8, with the
+    negative's box (row, col, side) inside the positive; ``seed`` fixes the crop positions."""
+    image = np.ascontiguousarray(read_image(path).transpose(2, 0, 1))
+    cropper = TripletCrop(crop_size, max_shift=0, negative_sizes=(negative_size,), mode="bilinear")
+    cropper.set_random_state(seed)
+    try:
+        _, positive, negative = cropper(image)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    pos_row, pos_col, _ = cropper.boxes["positive"]
+    neg_row, neg_col, side = cropper.boxes["negative"]
+    return positive, negative, (neg_row - pos_row, neg_col - pos_col, side)
+
+
+def density_pair(net: TripletEncoderNet, path: Path, crop_size: int, negative_size: int, seed: int) -> DensityPair:
+    """Crops and density maps of one image (see :func:`positive_and_negative`, :func:`density_maps`)."""
+    positive, negative, box = positive_and_negative(path, crop_size, negative_size, seed)
+    map_pos, map_neg, f_pos, f_neg = density_maps(net, positive, negative)
+    return DensityPair(path.name, positive, negative, map_pos, map_neg, f_pos, f_neg, box)
+
+
+# ----------------------------------------------------------------------------- drawing
+
+
+def figure_inches(n_images: int) -> tuple[float, float]:
+    """(width, height) in inches of the figure for ``n_images`` row pairs; pixels = inches * DPI."""
+    return 2 * PANEL_INCHES + COLOUR_BAR_INCHES, 2 * n_images * PANEL_INCHES + TITLE_INCHES
+
+
+def shared_norm(pairs: Sequence[DensityPair]) -> Normalize:
+    """One colour scale spanning every map of the figure."""
+    values = np.concatenate([np.ravel(m) for pair in pairs for m in (pair.map_pos, pair.map_neg)])
+    low, high = float(values.min()), float(values.max())
+    return Normalize(vmin=low, vmax=high if high > low else low + 1e-6)
+
+
+def draw_pair(axes: np.ndarray, pair: DensityPair, norm: Normalize) -> object:
+    """Draw one image's 2x2 panels on ``axes`` (2, 2): crops left, maps right; returns a map image."""
+    size = pair.positive.shape[-1]
+    row, col, side = pair.negative_box
+    axes[0, 0].imshow(pair.positive.transpose(1, 2, 0))
+    axes[0, 0].add_patch(Rectangle((col - 0.5, row - 0.5), side, side, fill=False, edgecolor=NEGATIVE_BOX_COLOUR, linestyle="--", linewidth=1.2))
+    axes[0, 0].set_title(f"{pair.name}\npositive: {size} px crop", fontsize=9)
+    axes[1, 0].imshow(pair.negative.transpose(1, 2, 0))
+    axes[1, 0].set_title(f"negative: {side} px box, resized to {size} px", fontsize=9)
+    mapped = axes[0, 1].imshow(pair.map_pos, cmap=HEAT_MAP, norm=norm)
+    axes[0, 1].set_title(f"positive density: f(z) = {pair.f_pos:.3f}", fontsize=9)
+    axes[1, 1].imshow(pair.map_neg, cmap=HEAT_MAP, norm=norm)
+    axes[1, 1].set_title(f"negative density: f(z) = {pair.f_neg:.3f}", fontsize=9)
+    for ax in axes.ravel():
+        ax.set_axis_off()
+    return mapped
+
+
+def draw_density_figure(pairs: Sequence[DensityPair], out: str | Path) -> None:
+    """Write the PNG at ``out`` (atomically): two rows per image, one shared colour bar."""
+    figure = Figure(figsize=figure_inches(len(pairs)), dpi=DPI, layout="constrained")
+    axes = figure.subplots(2 * len(pairs), 2, squeeze=False)
+    norm = shared_norm(pairs)
+    mapped = [draw_pair(axes[2 * i : 2 * i + 2], pair, norm) for i, pair in enumerate(pairs)]
+    figure.colorbar(mapped[0], ax=axes.ravel().tolist(), shrink=0.6, label="count head per location (mean = f(z))")
+    figure.suptitle("Count-head density maps: f(positive) > f(negative) when the ranking is learned", fontsize=10)
+    with atomic_path(out) as tmp:
+        figure.savefig(tmp, format="png", dpi=DPI)
+
+
+# ----------------------------------------------------------------------------- command line
+
+
+def image_paths(image: str | Sequence[str] | None) -> list[Path]:
+    """``--image`` as fire hands it (one path, a list, or the string ``"[a.tif,b.tif]"``) -> paths."""
+    if image is None or (isinstance(image, (list, tuple)) and not image):
+        raise ValueError("give at least one --image (repeat --image, or pass a list)")
+    if isinstance(image, (list, tuple)):
+        return [Path(str(item)) for item in image]
+    text = str(image).strip()
+    if text.startswith("[") and text.endswith("]"):
+        return [Path(item.strip().strip("'\"")) for item in text[1:-1].split(",") if item.strip()]
+    return [Path(text)]
+
+
+def merge_repeated_flag(argv: Sequence[str], flag: str) -> list[str]:
+    """``--flag a --flag b`` (or ``--flag=a``) -> one ``--flag=["a", "b"]``; fire keeps only the last.
+
+    One occurrence is left as it was, so fire's own parsing of a list literal still applies.
+    """
+    name = f"--{flag}"
+    values, rest, i = [], [], 0
+    while i < len(argv):
+        if argv[i] == name and i + 1 < len(argv):
+            values.append(argv[i + 1])
+            i += 2
+            continue
+        if argv[i].startswith(name + "="):
+            values.append(argv[i][len(name) + 1 :])
+        else:
+            rest.append(argv[i])
+        i += 1
+    if len(values) < 2:
+        return list(argv)
+    return [*rest, f"{name}={json.dumps(values)}"]
+
+
+def density(
+    checkpoint: str = "models/pretrain",
+    image: str | Sequence[str] | None = None,
+    backbone: str | None = None,
+    crop_size: int = 768,
+    negative_size: int = 256,
+    seed: int = 0,
+    out: str = "docs/results/density.png",
+) -> None:
+    """Draw count-head density maps of a positive crop and its negative for each ``--image``.
+
+    Args:
+        checkpoint: a pretraining checkpoint file, or the folder of them (newest is used).
+        image: one tile or several (repeat ``--image``); each must be at least crop_size px.
+        backbone: the encoder's ResNet; inferred from the checkpoint when omitted.
+        crop_size: side S of the positive crop, in pixels.
+        negative_size: side of the negative's sub-crop, resized to S (0 < side < S).
+        seed: image i (0-based, in the order given) takes its crop positions from seed + i.
+        out: the PNG to write.
+    """
+    paths = image_paths(image)
+    if Path(out).suffix.lower() != ".png":
+        raise ValueError(f"{out}: the figure is written as PNG; give an --out ending in .png")
+    net = load_network(checkpoint, backbone)
+    pairs = [density_pair(net, path, crop_size, negative_size, seed + index) for index, path in enumerate(paths)]
+    for pair in pairs:
+        print(f"{pair.name}: f(positive) = {pair.f_pos:.4f}, f(negative) = {pair.f_neg:.4f}, f(positive) > f(negative): {pair.f_pos > pair.f_neg}")
+    draw_density_figure(pairs, out)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    sys.argv[1:] = merge_repeated_flag(sys.argv[1:], "image")
+    fire.Fire({"density": density})
