@@ -1,7 +1,9 @@
-"""Instance-aware self-supervised losses (scale-wise triplet + pair-wise count ranking).
+"""Self-supervised losses: instance-aware (scale-wise triplet + pair-wise count ranking) and the proxies'.
 
 The network's output for a batch of B triplets is ``(z, count)`` with shapes (3B, E) and
 (3B,), ordered anchors, positives, negatives (see :class:`bundle.networks.TripletEncoderNet`).
+The baseline proxies (:mod:`bundle.pretext`) use :class:`PretextClassificationLoss` (RotNet,
+Jigsaw) and :class:`ColorRegressionLoss` (ColorMe).
 """
 
 import torch
@@ -67,3 +69,63 @@ def triplet_statistics(pred: tuple[torch.Tensor, torch.Tensor]) -> dict[str, flo
         triplet_acc = (squared_l2(za, zp) < squared_l2(za, zn)).float().mean().item()
         rank_acc = (fp > fn).float().mean().item()
     return {"triplet_acc": triplet_acc, "rank_acc": rank_acc}
+
+
+def class_indices(target: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """Proxy class labels (N,) or (N, 1) -> (N,) int64; raises when N differs from the logits' ``n_rows``."""
+    target = torch.as_tensor(target).reshape(-1).long()
+    if target.shape[0] != n_rows:
+        raise ValueError(f"expected one class label per prediction ({n_rows}), got {target.shape[0]} labels")
+    return target
+
+
+class PretextClassificationLoss(nn.Module):
+    """Cross-entropy of the classification proxies (RotNet: 4 rotations, Jigsaw: permutation index).
+
+    pred: logits (N, K); target: class indices (N,) or (N, 1). Computed in float32 (AMP-safe).
+    """
+
+    def __init__(self, label_smoothing: float = 0.0):
+        super().__init__()
+        self.cross_entropy = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.cross_entropy(pred.float(), class_indices(target, pred.shape[0]))
+
+    def log_values(self, output: dict) -> dict[str, float]:
+        """Scalars to log from an engine's iteration output: the loss and the top-1 accuracy."""
+        pred, target = output[CommonKeys.PRED], output[CommonKeys.LABEL]
+        with torch.no_grad():
+            target = class_indices(target, pred.shape[0])
+            accuracy = (pred.argmax(dim=1) == target).float().mean().item()
+            return {"loss": self(pred, target).item(), "accuracy": accuracy}
+
+
+class ColorRegressionLoss(nn.Module):
+    """ColorMe regression: ``distance(sigmoid(pred), target)``.
+
+    pred: raw network output (N, 1, H, W) of ``segmentation_unet(out_channels=1)``; target: the
+    red channel in [0, 1], same shape. The sigmoid lives here, not in the network, so the
+    network stays a plain FlexibleUNet while predictions are bounded to the target's range.
+    ``distance``: "l1" (torch ``L1Loss``, default: robust to the stain outliers of H&E) or "mse".
+    """
+
+    DISTANCES = {"l1": nn.L1Loss, "mse": nn.MSELoss}
+
+    def __init__(self, distance: str = "l1"):
+        super().__init__()
+        if distance not in self.DISTANCES:
+            raise ValueError(f"unknown distance {distance!r}; choose one of {sorted(self.DISTANCES)}")
+        self.distance = self.DISTANCES[distance]()
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if pred.shape != target.shape:
+            raise ValueError(f"prediction {tuple(pred.shape)} and red-channel target {tuple(target.shape)} differ in shape")
+        return self.distance(torch.sigmoid(pred.float()), target.float())
+
+    def log_values(self, output: dict) -> dict[str, float]:
+        """Scalars to log from an engine's iteration output: the loss and the mean absolute error in [0, 1] units."""
+        pred, target = output[CommonKeys.PRED], output[CommonKeys.LABEL]
+        with torch.no_grad():
+            mae = (torch.sigmoid(pred.float()) - target.float()).abs().mean().item()
+            return {"loss": self(pred, target).item(), "mae": mae}

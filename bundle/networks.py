@@ -2,7 +2,8 @@
 
 The encoder is built exactly as :class:`monai.networks.nets.FlexibleUNet` builds its own,
 so ``TripletEncoderNet.encoder.state_dict()`` loads into ``FlexibleUNet(...).encoder`` with
-strict keys and no renaming.
+strict keys and no renaming. The baseline proxies reuse it: :class:`PretextClassifierNet`
+(RotNet, Jigsaw) and :func:`segmentation_unet` with one output channel (ColorMe).
 """
 
 import torch
@@ -62,3 +63,24 @@ class TripletEncoderNet(nn.Module):
 def segmentation_unet(backbone: str = "resnet101", in_channels: int = 3, out_channels: int = 3, **kwargs) -> FlexibleUNet:
     """The fine-tuning network: ``FlexibleUNet`` with a random decoder (3 classes by default)."""
     return FlexibleUNet(in_channels=in_channels, out_channels=out_channels, backbone=backbone, pretrained=False, **kwargs)
+
+
+class PretextClassifierNet(nn.Module):
+    """Encoder + classifier for the classification proxies (RotNet, Jigsaw).
+
+    x (N, C, H, W) -> encoder -> deepest map (N, F, h, w) -> global average pool (N, F)
+    -> linear -> logits (N, n_classes). ``encoder`` is built by :func:`build_encoder`, so its
+    state dict loads into ``FlexibleUNet(...).encoder`` with strict keys.
+    """
+
+    def __init__(self, backbone: str = "resnet101", n_classes: int = 4, in_channels: int = 3, spatial_dims: int = 2):
+        super().__init__()
+        if n_classes < 2:
+            raise ValueError(f"a classification proxy needs n_classes >= 2, got {n_classes}")
+        self.backbone = backbone
+        self.encoder = build_encoder(backbone, in_channels, spatial_dims)
+        self.classifier = nn.Linear(encoder_feature_channels(backbone), n_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.encoder(x)[-1]
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(features, 1), 1))
