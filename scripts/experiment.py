@@ -48,7 +48,7 @@ PRESETS = {
         "sized to finish a 2-seed scratch/ssl/ablation grid at two label fractions in about 100 minutes on 2 CPU cores",
         "common": {"backbone": "resnet18", "crop_size": 128, "num_workers": 0, "val_roi_size": 256, "sw_batch_size": 4},
         "pretrain": {"max_shift": 64, "negative_sizes": [96, 64, 48, 32], "batch_size": 4, "triplets_per_epoch": 64,
-                     "max_epochs": 16, "checkpoint_interval": 4},
+                     "max_epochs": 16, "checkpoint_interval": 4, "learning_rate": 0.002},
         "train": {"batch_size": 2, "crops_per_tile": 8, "learning_rate": 0.002, "checkpoint_interval": 1000},
         "finetune_steps": 150,
         "validations": 1,
