@@ -140,7 +140,7 @@ def synthetic_softmax(classes: np.ndarray, rng: np.random.Generator) -> np.ndarr
 
 def postprocess(repeats: int = 10) -> None:
     """Time InstanceToClassMap, ClassMapToInstances and the outputs on one synthetic 1000x1000 tile."""
-    image, label = synthesize_tile(TILE_SHAPE, SEED, density=NUCLEI_PER_MEGAPIXEL)
+    image, label = synthesize_tile(SHAPE, SEED, density=NUCLEI_PER_MEGAPIXEL)
     to_classes, to_instances = InstanceToClassMap(), ClassMapToInstances()
     classes = to_classes(label[None])
     prob = synthetic_softmax(classes, np.random.default_rng(SEED))
@@ -149,7 +149,7 @@ def postprocess(repeats: int = 10) -> None:
     postprocess_s = median_seconds(lambda: to_instances(prob), repeats)
     geojson_s = median_seconds(lambda: nuclei_geojson(instances), repeats)
     table_s = median_seconds(lambda: nucleus_table(image, instances), repeats)
-    print(f"tile {TILE_SHAPE[0]}x{TILE_SHAPE[1]} px, {label.max()} nuclei; softmax: blur {BLUR_SIGMA} px, noise {NOISE_STD}")
+    print(f"tile {SHAPE[0]}x{SHAPE[1]} px, {label.max()} nuclei; softmax: blur {BLUR_SIGMA} px, noise {NOISE_STD}")
     print(f"InstanceToClassMap:  median {targets_s * 1000:.1f} ms per tile ({repeats} repeats)")
     print(f"ClassMapToInstances: median {postprocess_s * 1000:.1f} ms per tile ({repeats} repeats)")
     print(f"nuclei_geojson:      median {geojson_s * 1000:.1f} ms per tile ({repeats} repeats)")
