@@ -169,12 +169,14 @@ class RandHEDJitter(RandomizableTransform):
         if not self._do_transform:
             return image
         image = torch.as_tensor(image)
-        dtype = image.dtype
-        optical_density = -torch.log(image.float().clamp(min=1.0 / 255)).movedim(0, -1)
-        stains = optical_density @ torch.as_tensor(hed_from_rgb, dtype=torch.float32)
-        stains = stains * torch.as_tensor(self.scale, dtype=torch.float32) + torch.as_tensor(self.shift, dtype=torch.float32)
-        rgb = torch.exp(-(stains @ torch.as_tensor(rgb_from_hed, dtype=torch.float32)))
-        return rgb.movedim(-1, 0).clamp(0, 1).to(dtype)
+        # OD' = (OD @ hed_from_rgb * scale + shift) @ rgb_from_hed, folded into one 3x3 map and
+        # one offset, applied channel-first as (3, 3) @ (3, H*W): a single small matmul per crop.
+        mixing = hed_from_rgb @ np.diag(self.scale) @ rgb_from_hed
+        offset = self.shift @ rgb_from_hed
+        optical_density = torch.log(image.float().clamp(min=1.0 / 255)).neg_().reshape(3, -1)
+        jittered = torch.as_tensor(mixing.T, dtype=torch.float32) @ optical_density
+        jittered += torch.as_tensor(offset, dtype=torch.float32)[:, None]
+        return jittered.neg_().exp_().clamp_(0, 1).reshape(image.shape).to(image.dtype)
 
 
 class RandHEDJitterd(Randomizable, MapTransform):
