@@ -2,21 +2,11 @@
 
 import pytest
 import torch
-from bundle_runner import run_bundle
+from bundle_runner import TINY_PRETRAIN, run_bundle
 
 from bundle.networks import segmentation_unet
 
-TINY = {
-    "backbone": "resnet10",
-    "crop_size": 96,
-    "max_shift": 32,
-    "negative_sizes": [64, 48, 32],
-    "batch_size": 2,
-    "triplets_per_epoch": 4,
-    "num_workers": 0,
-    "max_epochs": 1,
-    "log_every": 1,
-}
+TINY = TINY_PRETRAIN
 
 
 @pytest.mark.parametrize("weights", [{}, {"w_cr": 0.0}, {"w_st": 0.0}], ids=["both", "lst_only", "lcr_only"])

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from bundle_runner import run_bundle
+from bundle_runner import TINY_PRETRAIN, run_bundle
 from PIL import Image
 from skimage.draw import polygon as fill_polygon
 from skimage.measure import label as connected_components
@@ -52,17 +52,6 @@ MARGIN = 512  # width of the blank glass on its right
 LEVEL0_MPP = 0.25
 TILE, OVERLAP = 256, 64
 
-TINY_PRETRAIN = {
-    "backbone": "resnet10",
-    "crop_size": 96,
-    "max_shift": 32,
-    "negative_sizes": [64, 48, 32],
-    "batch_size": 2,
-    "triplets_per_epoch": 4,
-    "num_workers": 0,
-    "max_epochs": 1,
-    "log_every": 1,
-}
 
 
 # ----------------------------------------------------------------------------- slides
