@@ -1,4 +1,4 @@
-"""Whole-slide inference and pretraining tiles (bundle/wsi.py, configs/inference_wsi.json, configs/pretrain_wsi.json).
+"""Whole-slide inference and pretraining tiles (bundle/wsi, configs/inference_wsi.json, configs/pretrain_wsi.json).
 
 The test slide is a pyramidal TIFF (3 levels as a series of pages, 0.25 um/px at level 0): a
 1024x1024 synthetic tissue tile with a known instance map, and a blank 512 px glass margin on
@@ -201,7 +201,7 @@ def test_open_slide_errors_name_the_file(tmp_path):
 
 def test_auto_backend_prefers_cucim_then_openslide_then_tifffile(monkeypatch):
     installed = set()
-    monkeypatch.setattr("bundle.wsi.importlib.util.find_spec", lambda name: object() if name in installed else None)
+    monkeypatch.setattr("bundle.wsi.slide.importlib.util.find_spec", lambda name: object() if name in installed else None)
     assert resolve_backend("auto") == "tifffile"
     installed.add("openslide")
     assert resolve_backend("auto") == "openslide"
@@ -367,7 +367,7 @@ def test_sample_slide_tiles_draws_tissue_tiles_once_and_reuses_them(slide, tmp_p
         np.testing.assert_array_equal(read_image(path), slide["rgb"][row : row + 128, col : col + 128])
     assert sample_slide_tiles(slide["dir"], tmp_path / "cache", tile_size=128, tiles_per_slide=5, seed=8) != items
 
-    monkeypatch.setattr("bundle.wsi.write_image", lambda *args: pytest.fail("a cached tile was written again"))
+    monkeypatch.setattr("bundle.wsi.sampling.write_image", lambda *args: pytest.fail("a cached tile was written again"))
     assert sample_slide_tiles(slide["dir"], tmp_path / "cache", tile_size=128, tiles_per_slide=5, seed=7) == items
 
 

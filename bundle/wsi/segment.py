@@ -1,0 +1,288 @@
+"""Whole-slide nucleus segmentation: tile by tile, stitched, streamed to GeoJSON, CSV and an overview.
+
+Conventions: see :mod:`bundle.wsi`; the stitching rule: :mod:`bundle.wsi.tiling`.
+
+Memory: a slide is never held whole. The tissue mask and the overview come from a
+thumbnail of at most ``overview_max_side`` px a side, read block by block; tiles are read
+one at a time (for TIFF only the TIFF tiles or strips they cover, see
+:func:`bundle.wsi.slide.read_region`); nucleus outlines and table rows are streamed to temporary files
+renamed into place at the end (:func:`bundle.atomic.atomic_path`).
+"""
+
+import csv
+import json
+import logging
+import os
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import ExitStack
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.handlers import Checkpoint
+from skimage.segmentation import relabel_sequential
+
+from bundle.atomic import atomic_path
+from bundle.data import DataFileError, stem_of, write_image
+from bundle.targets import as_label_map
+from bundle.wsi.slide import level_downsample, level_shape, opened_slide, read_region
+from bundle.wsi.tiling import check_tiling, owned_nuclei, tile_core, tile_grid, tile_window
+from bundle.wsi.tissue import slide_thumbnail, tissue_mask_from_rgb
+from bundle.writers import NUCLEUS_COLUMNS, NUCLEUS_RGB, nuclei_geojson, nucleus_table
+
+logger = logging.getLogger(__name__)
+
+HALF_PIXEL = 0.5
+"""Pixel centres lie at integers: level pixel ``i`` spans ``[i - 0.5, i + 0.5)``, so its centre is
+level-0 coordinate ``(i + 0.5) * downsample - 0.5``."""
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+def slide_output_paths(output_dir: str | os.PathLike, slide: str | os.PathLike) -> dict[str, Path]:
+    """``{"geojson", "csv", "overview"}`` -> ``<stem>.geojson``, ``<stem>_nuclei.csv``, ``<stem>_overview.png``."""
+    output_dir, stem = Path(output_dir), stem_of(slide)
+    return {
+        "geojson": output_dir / f"{stem}.geojson",
+        "csv": output_dir / f"{stem}_nuclei.csv",
+        "overview": output_dir / f"{stem}_overview.png",
+    }
+
+
+class SlideOutputs:
+    """Streams one slide's nuclei to GeoJSON and CSV and marks them on an overview; use as a context manager.
+
+    Both files are written to temporary names and renamed into place when the ``with``
+    block ends without error (the overview PNG is written then too); an error leaves no
+    partial file. Memory: the overview image plus one tile's records at a time.
+
+    Args:
+        paths: from :func:`slide_output_paths`.
+        overview: (h, w, 3) uint8 thumbnail to mark nucleus centroids on (copied).
+        overview_downsample: level-0 pixels per overview pixel.
+        tolerance: outline simplification in pixels (see :func:`bundle.writers.instance_polygons`).
+        color: RGB of the centroid marks and of the QuPath classification.
+    """
+
+    def __init__(
+        self,
+        paths: dict[str, Path],
+        overview: np.ndarray,
+        overview_downsample: float,
+        tolerance: float = 0.5,
+        color: Sequence[int] = NUCLEUS_RGB,
+    ):
+        self.paths, self.overview, self.overview_downsample = paths, overview.copy(), overview_downsample
+        self.tolerance, self.color = tolerance, tuple(color)
+        self.count = 0
+        self._stack = ExitStack()
+
+    def __enter__(self) -> "SlideOutputs":
+        with ExitStack() as stack:
+            geojson_tmp = stack.enter_context(atomic_path(self.paths["geojson"]))
+            csv_tmp = stack.enter_context(atomic_path(self.paths["csv"]))
+            self._geojson = stack.enter_context(open(geojson_tmp, "w", encoding="utf-8"))
+            csv_file = stack.enter_context(open(csv_tmp, "w", newline="", encoding="utf-8"))
+            self._csv = csv.DictWriter(csv_file, fieldnames=NUCLEUS_COLUMNS)
+            self._geojson.write('{"type": "FeatureCollection", "features": [\n')
+            self._csv.writeheader()
+            self._stack = stack.pop_all()
+        return self
+
+    def add(self, rgb: np.ndarray, owned: np.ndarray, origin: tuple[int, int], downsample: float) -> int:
+        """Record the nuclei of ``owned`` (h, w) ids, a window of (3, h, w) ``rgb`` at ``origin``
+        (row, col) of a level with ``downsample``; returns how many. They get slide-wide ids."""
+        ids = relabel_sequential(owned, offset=self.count + 1)[0] if owned.any() else owned
+        geojson = nuclei_geojson(ids, offset=(origin[1], origin[0]), tolerance=self.tolerance, color=self.color)
+        rows = nucleus_table(np.ascontiguousarray(rgb.transpose(1, 2, 0)), ids)
+        for feature in geojson["features"]:
+            _scale_feature(feature, downsample)
+            self._geojson.write(("" if self.count == 0 else ",\n") + json.dumps(feature, allow_nan=False))
+            self.count += 1
+        for row in rows:
+            self._csv.writerow(_row_in_slide_pixels(row, origin, downsample))
+            self._mark(row)
+        return len(rows)
+
+    def _mark(self, row: dict) -> None:
+        """Colour the overview pixel holding the nucleus centroid (level-0 pixel coordinates)."""
+        y = round((row["centroid_y"] + HALF_PIXEL) / self.overview_downsample - HALF_PIXEL)
+        x = round((row["centroid_x"] + HALF_PIXEL) / self.overview_downsample - HALF_PIXEL)
+        self.overview[min(max(y, 0), self.overview.shape[0] - 1), min(max(x, 0), self.overview.shape[1] - 1)] = self.color
+
+    def __exit__(self, kind, error, traceback) -> None:
+        try:
+            if kind is None:
+                self._geojson.write("\n]}\n")
+        finally:
+            self._stack.__exit__(kind, error, traceback)
+        if kind is None:
+            write_image(self.paths["overview"], self.overview)
+
+
+def _scale_feature(feature: dict, downsample: float) -> None:
+    """Scale a QuPath feature's coordinates from level pixels to level-0 pixels (in place).
+
+    QuPath coordinates have pixel edges at integers, so they scale by ``downsample`` alone.
+    """
+    if downsample != 1.0:
+        geometry = feature["geometry"]
+        geometry["coordinates"] = [[[x * downsample, y * downsample] for x, y in ring] for ring in geometry["coordinates"]]
+
+
+def _row_in_slide_pixels(row: dict, origin: tuple[int, int], downsample: float) -> dict:
+    """A :func:`bundle.writers.nucleus_table` row of a tile at ``origin`` (row, col) of a level with
+    ``downsample`` -> level-0 pixels: centroid (pixel centres at integers), area (rounded), perimeter."""
+    return {
+        **row,
+        "centroid_x": (row["centroid_x"] + origin[1] + HALF_PIXEL) * downsample - HALF_PIXEL,
+        "centroid_y": (row["centroid_y"] + origin[0] + HALF_PIXEL) * downsample - HALF_PIXEL,
+        "area": int(round(row["area"] * downsample * downsample)),
+        "perimeter": row["perimeter"] * downsample,
+    }
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+PredictTile = Callable[[np.ndarray], np.ndarray]
+"""(3, h, w) uint8 RGB tile -> (h, w) int instance ids (0 background): network and post-processing."""
+
+
+def _tile_instances(predict_tile: PredictTile, rgb: np.ndarray, slide: str, origin: tuple[int, int]) -> np.ndarray:
+    """``predict_tile(rgb)`` as an (h, w) label map matching the tile; ValueError naming the slide and tile otherwise."""
+    where = f"{slide}: tile at (row {origin[0]}, col {origin[1]})"
+    try:
+        labels = as_label_map(predict_tile(rgb))
+    except ValueError as error:
+        raise ValueError(f"{where}: predict_tile returned an unusable map ({error})") from None
+    if labels.shape != rgb.shape[1:]:
+        raise ValueError(f"{where} is {rgb.shape[1:]} but predict_tile returned {labels.shape}")
+    return labels
+
+
+def segment_slide(
+    path: str | os.PathLike,
+    predict_tile: PredictTile,
+    output_dir: str | os.PathLike,
+    tile_size: int = 1024,
+    overlap: int = 128,
+    level: int = 0,
+    backend: str = "tifffile",
+    tissue_threshold: float | None = None,
+    min_tissue_area: int = 16,
+    overview_max_side: int = 2048,
+    tolerance: float = 0.5,
+) -> dict:
+    """Segment every nucleus of a slide, tile by tile, and write its outputs to ``output_dir``.
+
+    ``<stem>.geojson`` (QuPath detections, level-0 pixels), ``<stem>_nuclei.csv`` (one row per
+    nucleus, centroid/area/perimeter in level-0 pixels) and ``<stem>_overview.png`` (the
+    thumbnail with each nucleus centroid marked). Args:
+
+    - predict_tile: (3, h, w) uint8 tile -> (h, w) instance ids, e.g. :class:`NetworkTilePredictor`.
+    - tile_size, overlap: window side and overlap in pixels of ``level``; ``overlap`` must exceed
+      the largest nucleus diameter + 2 px for each nucleus to come out once and whole (module docstring).
+    - level: pyramid level the tiles are read and segmented at (0 = full resolution).
+    - backend: see :func:`open_slide`.
+    - tissue_threshold, min_tissue_area: see :func:`tissue_mask_from_rgb`; only windows touching tissue run.
+    - overview_max_side: longest side of the thumbnail (tissue mask and overview), pixels.
+    - tolerance: outline simplification in level pixels.
+
+    Returns ``{"slide", "tiles", "tiles_total", "nuclei", **output paths}``.
+    """
+    check_tiling(tile_size, overlap)
+    with opened_slide(path, backend) as (reader, wsi):
+        shape, downsample = level_shape(reader, wsi, level), level_downsample(reader, wsi, level)
+        thumbnail, thumb_downsample = slide_thumbnail(reader, wsi, max_side=overview_max_side)
+        mask = tissue_mask_from_rgb(thumbnail, tissue_threshold, min_area=min_tissue_area)
+        origins = tile_grid(shape, tile_size, overlap, mask, thumb_downsample / downsample)
+        total = len(tile_grid(shape, tile_size, overlap))
+        logger.info("%s: %d of %d tiles of %d px at level %d touch tissue", path, len(origins), total, tile_size, level)
+        paths = slide_output_paths(output_dir, path)
+        with SlideOutputs(paths, thumbnail, thumb_downsample, tolerance) as outputs:
+            for origin in origins:
+                window = tile_window(origin, shape, tile_size)
+                rgb = read_region(reader, wsi, origin, (window[2] - window[0], window[3] - window[1]), level)
+                instances = _tile_instances(predict_tile, rgb, str(path), origin)
+                owned = owned_nuclei(instances, window, tile_core(origin, shape, tile_size, overlap), shape)
+                outputs.add(rgb, owned, origin, downsample)
+    logger.info("%s: %d nuclei -> %s", path, outputs.count, paths["geojson"])
+    counts = {"slide": str(path), "tiles": len(origins), "tiles_total": total, "nuclei": outputs.count}
+    return {**counts, **{name: str(output) for name, output in paths.items()}}
+
+
+def segment_slides(
+    slides: Iterable[str | os.PathLike], predict_tile: PredictTile, output_dir: str | os.PathLike, **options
+) -> list[dict]:
+    """:func:`segment_slide` for each slide (``options`` passed on); an unreadable slide is logged and skipped.
+
+    Raises:
+        SystemExit: after the other slides, listing the slides that could not be read.
+    """
+    summaries, failures = [], {}
+    for slide in slides:
+        try:
+            summaries.append(segment_slide(slide, predict_tile, output_dir, **options))
+        except DataFileError as error:
+            failures[str(slide)] = str(error)
+            logger.error("skipping slide: %s", error)
+    if failures:
+        listing = "\n".join(f"  {error}" for error in failures.values())
+        raise SystemExit(f"{len(failures)} slide(s) could not be read and were skipped:\n{listing}")
+    return summaries
+
+
+# ----------------------------------------------------------------------------- network adapter
+
+
+def load_network_weights(
+    network: torch.nn.Module, path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> torch.nn.Module:
+    """Load ``path`` into ``network`` strictly and return it.
+
+    Accepts a plain state dict or a MONAI ``CheckpointSaver`` file holding ``{"network": ...}``
+    (as ``CheckpointLoader`` does, through ignite's ``Checkpoint.load_objects``).
+
+    Raises:
+        FileNotFoundError, ValueError: naming the file, when missing or not loadable into ``network``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: model weights file not found")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        Checkpoint.load_objects(to_load={"network": network}, checkpoint=checkpoint, strict=True)
+    except Exception as error:  # torch and ignite raise several types for corrupt or mismatched files
+        raise ValueError(f"{path}: cannot load into the network ({type(error).__name__}: {error})") from None
+    return network
+
+
+class NetworkTilePredictor:
+    """The ``predict_tile`` of :func:`segment_slide` for the bundle network.
+
+    (3, h, w) uint8 RGB -> scaled to [0, 1] (as configs/inference.json does) -> ``inferer``
+    (e.g. MONAI ``SlidingWindowInferer``) over ``network`` in eval mode, without gradients,
+    under autocast when ``amp`` -> softmax over the 3 classes -> ``postprocess`` (e.g.
+    :class:`bundle.postprocess.ClassMapToInstances`) -> (h, w) int32 instance ids.
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        inferer: Callable,
+        postprocess: Callable,
+        device: str | torch.device = "cpu",
+        amp: bool = False,
+    ):
+        self.network, self.inferer, self.postprocess = network, inferer, postprocess
+        self.device, self.amp = torch.device(device), amp
+
+    def __call__(self, rgb: np.ndarray) -> np.ndarray:
+        image = torch.as_tensor(np.ascontiguousarray(rgb), device=self.device)[None].float().div_(255.0)
+        self.network.eval()
+        with torch.inference_mode(), torch.autocast(device_type=self.device.type, enabled=self.amp):
+            logits = self.inferer(image, self.network)
+            probabilities = torch.softmax(torch.as_tensor(logits).float(), dim=1)[0].cpu()
+        return as_label_map(self.postprocess(probabilities)).astype(np.int32)
