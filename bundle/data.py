@@ -12,6 +12,7 @@ write never leaves half a file.
 """
 
 import gzip
+import math
 import os
 import struct
 import warnings
@@ -33,7 +34,9 @@ from skimage.draw import polygon
 from bundle.atomic import atomic_path
 
 MAX_PIXELS = 2**28
-"""Default limit on H * W that :func:`read_image` accepts (checked on the header, before decoding)."""
+"""Default limit on the pixels (H * W) of an image, or the values of a label map, that the readers
+accept; checked on the file header, before anything is decoded or allocated. 2**28 admits a
+16384 x 16384 tile (0.8 GB as RGB uint8) and refuses a header claiming 100000 x 100000."""
 
 APERIO_XML_ORIGIN = 1.0
 """XML coordinate of the centre of pixel 0 (row or column) in Aperio ImageScope annotations.
@@ -42,6 +45,13 @@ The MoNuSeg organisers rasterise the XML with MATLAB's ``poly2mask``, whose firs
 centre is at coordinate 1. Filling with that origin reproduces the instance masks in
 ``../shared/data/monuseg/train/masks`` (foreground IoU 0.98-0.995 on the 13 tiles with XML);
 origin 0 shifts every nucleus by one pixel down and right (IoU 0.84-0.91).
+"""
+
+MAX_XML_COORDINATE = 1e9
+"""Largest |X| or |Y| of an Aperio XML vertex that is used (no slide is 10**9 px across).
+
+Beyond about 9.2e18 scikit-image's ``polygon`` overflows and silently fills nothing, so a
+region reaching further is skipped, with the warning of unusable regions.
 """
 
 TIFF_SUFFIXES = (".tif", ".tiff")
@@ -176,7 +186,9 @@ def _as_rgb_uint8(path: Path, array: np.ndarray) -> np.ndarray:
     if rgb.dtype == np.uint16:
         return ((rgb.astype(np.uint32) + 128) // 257).astype(np.uint8)
     if rgb.dtype.kind == "f":
-        if not (np.isfinite(rgb).all() and rgb.min() >= 0 and rgb.max() <= 1):
+        if not np.isfinite(rgb).all():
+            raise DataFileError(path, f"float image with {np.count_nonzero(~np.isfinite(rgb))} NaN or infinite value(s)")
+        if rgb.min() < 0 or rgb.max() > 1:
             raise DataFileError(path, "float image with values outside [0, 1]")
         return np.round(rgb * 255).astype(np.uint8)
     raise DataFileError(path, f"unsupported image dtype {rgb.dtype} (expected uint8, uint16 or float in [0, 1])")
@@ -194,8 +206,9 @@ def read_aperio_xml(path: str | os.PathLike, shape: tuple[int, int]) -> np.ndarr
     parts outside ``shape`` are clipped. Valid regions get ids 1..N in document order.
     Overlaps: the FIRST region keeps the shared pixels (as the MoNuSeg organisers' MATLAB
     code does), so a region wholly covered by earlier ones leaves no pixel and its id is
-    absent. Regions with fewer than 3 vertices or with missing, non-numeric or
-    non-finite coordinates are skipped; one ``UserWarning`` names the file and the count.
+    absent. Regions with fewer than 3 vertices or with missing, non-numeric, non-finite
+    or out-of-range (beyond :data:`MAX_XML_COORDINATE`) coordinates are skipped; one
+    ``UserWarning`` names the file and the count.
     The XML is parsed with defusedxml (entity expansion and external entities refused).
 
     Raises:
@@ -217,7 +230,7 @@ def read_aperio_xml(path: str | os.PathLike, shape: tuple[int, int]) -> np.ndarr
         next_id += 1
     if skipped:
         warnings.warn(
-            f"{path}: skipped {skipped} region(s) with fewer than 3 vertices or non-numeric/non-finite coordinates",
+            f"{path}: skipped {skipped} region(s) with fewer than 3 vertices or non-numeric/non-finite/out-of-range coordinates",
             stacklevel=2,
         )
     return label
@@ -243,7 +256,7 @@ def _region_vertices(region: Element) -> np.ndarray | None:
         xy = np.array([(float(v.get("X")), float(v.get("Y"))) for v in region.iterfind("Vertices/Vertex")])
     except (TypeError, ValueError):
         return None
-    if len(xy) < 3 or not np.isfinite(xy).all():
+    if len(xy) < 3 or not np.isfinite(xy).all() or np.abs(xy).max() > MAX_XML_COORDINATE:
         return None
     return xy.T
 
@@ -251,7 +264,7 @@ def _region_vertices(region: Element) -> np.ndarray | None:
 # ------------------------------------------------------------------- label map files
 
 
-def read_label(path: str | os.PathLike) -> np.ndarray:
+def read_label(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Read an instance label map as ``(H, W)`` int32, or int64 when an id is >= 2**31.
 
     Formats by suffix: PNG (Pillow), TIFF (tifffile, first page), NIfTI ``.nii`` /
@@ -260,18 +273,19 @@ def read_label(path: str | os.PathLike) -> np.ndarray:
     NIfTI orientation follows MONAI: the stored array is ``(x, y)`` = (column, row),
     as MONAI's LoadImage returns 2-D PNG/TIFF files, so it is transposed to ``(H, W)``
     here and back in :func:`write_label`; a NIfTI and a PNG of one label map load
-    identically through MONAI.
+    identically through MONAI. A file whose header claims more than ``max_pixels`` values
+    is refused before its data are read.
 
     Raises:
-        DataFileError: unreadable file, unsupported suffix, not 2-D after squeezing,
-            float values that are not whole numbers, or negative ids.
+        DataFileError: unreadable file, unsupported suffix, too many values, not 2-D after
+            squeezing, float values that are not whole numbers, or negative ids.
     """
     path = Path(path)
     _require_nonempty(path)
     suffix = suffix_of(path)
     if suffix not in LABEL_SUFFIXES:
         raise DataFileError(path, f"unsupported label suffix {suffix!r} (expected one of {LABEL_SUFFIXES})")
-    array = _decoded(path, lambda: _LABEL_READERS[suffix](path))
+    array = _decoded(path, lambda: _LABEL_READERS[suffix](path, max_pixels))
     if array.ndim > 2:
         array = array.squeeze()
     if suffix in (".nii", ".nii.gz") and array.ndim == 2:
@@ -336,21 +350,34 @@ def _storage_label(path: Path, label: np.ndarray) -> np.ndarray:
     raise DataFileError(path, f"label id {top} does not fit in uint32")
 
 
-def _read_tiff_label(path: Path) -> np.ndarray:
+def _check_value_count(path: Path, shape: tuple[int, ...], max_pixels: int) -> None:
+    if math.prod(shape) > max_pixels:
+        raise DataFileError(path, f"header claims a {'x'.join(map(str, shape))} label map, more than the limit of {max_pixels} values")
+
+
+def _read_tiff_label(path: Path, max_pixels: int) -> np.ndarray:
     with tifffile.TiffFile(path) as tif:
-        return _first_tiff_page(path, tif).asarray()
+        page = _first_tiff_page(path, tif)
+        _check_value_count(path, page.shape, max_pixels)
+        return page.asarray()
 
 
-def _read_nifti(path: Path) -> np.ndarray:
-    return np.asanyarray(nibabel.load(path).dataobj)
+def _read_nifti(path: Path, max_pixels: int) -> np.ndarray:
+    image = nibabel.load(path)
+    _check_value_count(path, image.header.get_data_shape(), max_pixels)
+    return np.asanyarray(image.dataobj)
 
 
-def _read_npy(path: Path) -> np.ndarray:
-    return np.load(path, allow_pickle=False)
+def _read_npy(path: Path, max_pixels: int) -> np.ndarray:
+    """Memory-mapped first: the header's shape is checked, and a file shorter than it claims fails, without allocating."""
+    mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+    _check_value_count(path, mapped.shape, max_pixels)
+    return np.array(mapped)
 
 
-def _read_png_label(path: Path) -> np.ndarray:
+def _read_png_label(path: Path, max_pixels: int) -> np.ndarray:
     with Image.open(path) as image:
+        _check_value_count(path, (image.size[1], image.size[0], len(image.getbands())), max_pixels)
         return np.asarray(image)
 
 
@@ -364,7 +391,7 @@ def _write_npy(tmp: Path, stored: np.ndarray) -> None:
         np.save(file, stored, allow_pickle=False)
 
 
-_LABEL_READERS: dict[str, Callable[[Path], np.ndarray]] = {
+_LABEL_READERS: dict[str, Callable[[Path, int], np.ndarray]] = {
     ".png": _read_png_label,
     ".tif": _read_tiff_label,
     ".tiff": _read_tiff_label,

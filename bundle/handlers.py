@@ -1,16 +1,22 @@
-"""Ignite handlers of the bundle: encoder export, stop on a non-finite loss, resume lookup, metric files."""
+"""Ignite handlers of the bundle: checkpoints that survive a kill, resume lookup, per-epoch seeding,
+encoder export, stop on a non-finite loss, metric files."""
 
 import csv
 import json
 import logging
 import math
 import re
+import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from monai.utils import CommonKeys, convert_to_numpy
+from ignite.handlers import DiskSaver
+from monai.data.utils import set_rnd
+from monai.handlers import CheckpointSaver
+from monai.utils import CommonKeys, convert_to_numpy, set_determinism
 from torch import nn
 
 from bundle.atomic import atomic_path
@@ -22,9 +28,97 @@ CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 
 
 def latest_checkpoint(folder: str | Path) -> str | None:
-    """Path of the highest-epoch ``checkpoint_epoch=N.pt`` in ``folder`` (MONAI ``CheckpointSaver`` names), or None."""
+    """Path of the highest-epoch complete ``checkpoint_epoch=N.pt`` in ``folder`` (MONAI ``CheckpointSaver`` names), or None.
+
+    ``torch.save`` writes zip archives; a file that is not one (cut short by a kill or a full
+    disk, or overwritten) is skipped with a logged warning naming it, and the next lower
+    epoch is tried, so a resume never stops on, or silently loads, a broken newest file.
+    """
     found = [(int(m.group(1)), p) for p in Path(folder).glob("*checkpoint_epoch=*.pt") if (m := CHECKPOINT_PATTERN.search(p.name))]
-    return str(max(found)[1]) if found else None
+    for _, path in sorted(found, reverse=True):
+        if zipfile.is_zipfile(path):
+            return str(path)
+        logger.warning("%s: not a complete checkpoint (not a zip archive: truncated or corrupt); skipping it", path)
+    if found:
+        logger.warning("%s: no complete checkpoint to resume from; starting from the beginning", folder)
+    return None
+
+
+class AtomicDiskSaver(DiskSaver):
+    """ignite ``DiskSaver`` that never leaves a run without a complete checkpoint on disk.
+
+    MONAI's ``CheckpointSaver`` writes with ``atomic=False`` (``torch.save`` straight onto the
+    final name), and ignite's ``Checkpoint`` removes the file it replaces *before* writing the
+    new one: a kill during the write leaves half a file and no older one. Here each file is
+    written through :func:`bundle.atomic.atomic_path` (temporary name, then rename), and files
+    ignite asks to remove are removed only after the next file is complete. A kill mid-write
+    leaves the previous checkpoint and a hidden ``.<name>.*.tmp.pt`` file, which no loader
+    picks and which may be deleted.
+    """
+
+    def __init__(self, dirname: str | Path, filename: str | None = None):
+        super().__init__(dirname=dirname, require_empty=False, atomic=True)
+        self.filename = filename  # fixed name (MONAI's key-metric/final savers), or None
+        self._superseded: list[str] = []
+
+    def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
+        path = self.dirname / (self.filename or filename)
+        with atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+        for name in self._superseded:
+            if name != path.name:
+                (self.dirname / name).unlink(missing_ok=True)
+        self._superseded.clear()
+
+    def remove(self, filename: str) -> None:
+        self._superseded.append(self.filename or filename)
+
+
+class AtomicCheckpointSaver(CheckpointSaver):
+    """MONAI ``CheckpointSaver`` (same arguments and file names) whose files go through :class:`AtomicDiskSaver`."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
+            if checkpoint is not None:
+                checkpoint.save_handler = AtomicDiskSaver(self.save_dir, checkpoint.save_handler.filename)
+
+
+def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    """A 32-bit seed for ``epoch`` of process ``rank`` of a run seeded with ``seed`` (all >= 0).
+
+    Mixed by ``numpy.random.SeedSequence``, so runs with neighbouring seeds do not share
+    streams shifted by one epoch (as ``seed + epoch`` would).
+    """
+    return int(np.random.SeedSequence([seed, rank, epoch]).generate_state(1)[0])
+
+
+class EpochSeeder:
+    """At every ``EPOCH_STARTED``, reseed the run from ``(seed, rank, epoch)`` alone.
+
+    Seeds torch, numpy and ``random`` (``monai.utils.set_determinism``) and the random
+    transforms of the engine's dataset (``monai.data.utils.set_rnd``, as MONAI's
+    ``DataLoader`` does once at construction), so every epoch draws the same crops, flips
+    and sampling order whether the run went straight through or was resumed from a
+    checkpoint: a resumed run ends with the same weights on the CPU.
+
+    The transforms seeded are those of the main process, which run them when
+    ``num_workers`` is 0. Loader workers are seeded by MONAI's ``worker_init_fn`` from a base
+    seed drawn from torch when the loader iterator is made: after this reseed, each epoch,
+    unless ``persistent_workers`` keeps one set of workers (and their advancing state) for
+    the whole run. Attach it before every other handler (first of ``train#handlers``).
+    """
+
+    def __init__(self, seed: int, rank: int = 0):
+        self.seed, self.rank = int(seed), int(rank)
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        value = epoch_seed(self.seed, engine.state.epoch, self.rank)
+        set_determinism(seed=value)
+        set_rnd(engine.state.dataloader.dataset, value)
 
 
 class EncoderExport:

@@ -9,7 +9,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
 
-from bundle.data import DataFileError, read_image, stem_of
+from bundle.data import MAX_PIXELS, DataFileError, read_image, stem_of
 from bundle.transforms import PATH_SUFFIX
 from bundle.writers import nuclei_geojson, nucleus_table, write_geojson, write_instance_tiff, write_nuclei_csv, write_overlay_png
 
@@ -20,29 +20,37 @@ class TileScreen:
     """Decode every tile once before inference; unreadable ones are reported and skipped.
 
     Decoding twice costs a few tens of milliseconds per tile, against seconds of network
-    time, and keeps the data loader free of failure handling. Call :meth:`exit_status`
-    at the end of the run: non-zero when any tile failed.
+    time, and keeps the data loader free of failure handling. A tile whose file stem
+    repeats an earlier tile's (``a/x.tif`` and ``b/x.tif``, or ``x.tif`` and ``x.png``) is
+    skipped too: its outputs, named after the stem, would overwrite the other's. Call
+    :meth:`exit_status` at the end of the run: non-zero when any tile failed.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_pixels: int = MAX_PIXELS) -> None:
+        self.max_pixels = max_pixels
         self.failures: dict[str, str] = {}
 
     def readable(self, items: list[dict], key: str = "image") -> list[dict]:
-        good = []
+        good, stems = [], {}
         for item in items:
+            path = str(item[key])
             try:
-                read_image(item[key])
+                if stem_of(path) in stems:
+                    raise DataFileError(path, f"same file stem as {stems[stem_of(path)]}: their outputs would overwrite each other")
+                read_image(path, self.max_pixels)
                 good.append(item)
+                stems[stem_of(path)] = path
             except (DataFileError, OSError, ValueError) as error:
-                self.failures[str(item[key])] = str(error)
-                logger.error("skipping unreadable tile: %s", error)
+                message = str(error) if str(error).startswith(path) else f"{path}: {error}"
+                self.failures[path] = message
+                logger.error("skipping tile: %s", message)
         return good
 
     def exit_status(self) -> None:
         """Raise ``SystemExit(1)`` listing the failed tiles, if any; otherwise do nothing."""
         if self.failures:
-            listing = "\n".join(f"  {path}: {error}" for path, error in self.failures.items())
-            raise SystemExit(f"{len(self.failures)} tile(s) could not be read and were skipped:\n{listing}")
+            listing = "\n".join(f"  {message}" for message in self.failures.values())
+            raise SystemExit(f"{len(self.failures)} tile(s) could not be read (or would overwrite another tile's outputs) and were skipped:\n{listing}")
 
 
 def as_rgb_uint8(image: np.ndarray) -> np.ndarray:

@@ -12,30 +12,44 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, RandomizableTransform, Transform
 from skimage.color.colorconv import hed_from_rgb, rgb_from_hed
 
-from bundle.data import read_image, read_label
+from bundle.data import MAX_PIXELS, read_image, read_label
 
 PATH_SUFFIX = "_path"
 
 
 class LoadTiled(MapTransform):
-    """Read H&E tiles: ``d[key]`` path -> (3, H, W) uint8 RGB; the path is kept in ``d[key + "_path"]``."""
+    """Read H&E tiles: ``d[key]`` path -> (3, H, W) uint8 RGB; the path is kept in ``d[key + "_path"]``.
+
+    Files whose header claims more than ``max_pixels`` pixels are refused before decoding.
+    """
+
+    def __init__(self, keys: KeysCollection, max_pixels: int = MAX_PIXELS, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.max_pixels = max_pixels
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
             d[f"{key}{PATH_SUFFIX}"] = str(d[key])
-            d[key] = np.ascontiguousarray(read_image(d[key]).transpose(2, 0, 1))
+            d[key] = np.ascontiguousarray(read_image(d[key], self.max_pixels).transpose(2, 0, 1))
         return d
 
 
 class LoadLabeld(MapTransform):
-    """Read instance label maps: ``d[key]`` path -> (1, H, W) integer ids (0 = background)."""
+    """Read instance label maps: ``d[key]`` path -> (1, H, W) integer ids (0 = background).
+
+    Files whose header claims more than ``max_pixels`` values are refused before decoding.
+    """
+
+    def __init__(self, keys: KeysCollection, max_pixels: int = MAX_PIXELS, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.max_pixels = max_pixels
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
             d[f"{key}{PATH_SUFFIX}"] = str(d[key])
-            d[key] = read_label(d[key])[None]
+            d[key] = read_label(d[key], self.max_pixels)[None]
         return d
 
 

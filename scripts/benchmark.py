@@ -3,6 +3,7 @@
     python scripts/benchmark.py metrics [--repeats 20] [--reference_repeats 3]
     python scripts/benchmark.py postprocess [--repeats 10]
     python scripts/benchmark.py pretrain [--backbone resnet18 --crop_size 256 --batch 4]
+    python scripts/benchmark.py soak [--tiles 500 --tile_size 512 --model models/model.pt]
 
 ``metrics``: ``bundle.metrics.nuclei_metrics`` (all scores from one overlap table) against
 the per-nucleus AJI of ``bundle.metrics_reference`` on 1000x1000 label-map pairs with
@@ -24,11 +25,22 @@ realistic softmax map made from its targets: one-hot, Gaussian blur, noise, reno
 3B crops, projection, count head, both losses, backward, SGD step) divided by the time of a
 plain encoder forward+backward+step on the same 3B crops, and by three separate passes.
 Runs on CUDA when present (AMP), else on the CPU.
+
+``soak``: long-run stability of tile inference in one process: ``configs/inference.json``
+(its evaluator: LoadTiled, sliding-window network, softmax, post-processing, and the four
+writers of ``SaveNucleiOutputsd``) over ``--tiles`` distinct tile files (hard links to a pool
+of 10 synthetic tiles), with a ResNet-18 U-Net of random weights unless ``--model``
+is given. The resident set size (psutil when installed, else ``/proc/self/status``
+VmRSS) is sampled every ``--block`` tiles; prints the RSS and the throughput of each block
+and the RSS growth from the end of the first block to the end (target <= 5 %). Outputs go
+to a temporary folder and are deleted block by block, so the disk use stays bounded.
 """
 
+import json
 import os
 import statistics
 import sys
+import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -38,6 +50,7 @@ import fire
 import numpy as np
 import torch
 from monai.bundle import ConfigParser
+from monai.utils import set_determinism
 from PIL import Image
 from scipy import ndimage
 
@@ -47,6 +60,8 @@ from bundle.losses import InstanceAwareLoss  # noqa: E402
 from bundle.metrics import nuclei_metrics  # noqa: E402
 from bundle.metrics_reference import aji_reference, perturb_instances, random_instance_map  # noqa: E402
 from bundle.networks import TripletEncoderNet  # noqa: E402
+from bundle.data import write_image  # noqa: E402
+from bundle.networks import segmentation_unet  # noqa: E402
 from bundle.postprocess import ClassMapToInstances  # noqa: E402
 from bundle.synthetic import synthesize_tile  # noqa: E402
 from bundle.targets import N_CLASSES, InstanceToClassMap  # noqa: E402
@@ -66,6 +81,8 @@ MAX_PEAK_MIB = 100.0
 NUCLEI_PER_MEGAPIXEL = 900.0  # synthesize_tile density before thinning: ~600 nuclei per 1000x1000 tile
 BLUR_SIGMA = 1.5  # pixels: softens the one-hot map like a network's uncertain edges
 NOISE_STD = 0.1  # additive noise on each probability channel before renormalising
+SOAK_POOL = 10  # distinct synthetic tiles the soak's tile files link to
+MAX_SOAK_GROWTH = 0.05  # RSS growth allowed from the end of the first block to the end
 
 
 def median_seconds(function: Callable[[], object], repeats: int) -> float:
@@ -236,5 +253,132 @@ def pretrain(backbone: str = "resnet18", crop_size: int = 256, batch: int = 4, t
         print(f"    peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 
 
+def rss_mib() -> tuple[float, str]:
+    """(resident set size of this process in MiB, where it was read): psutil, else /proc/self/status."""
+    try:
+        import psutil
+    except ImportError:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024, "/proc/self/status VmRSS"
+        raise RuntimeError("/proc/self/status has no VmRSS line: install psutil") from None
+    return psutil.Process().memory_info().rss / 2**20, "psutil"
+
+
+def soak_inputs(folder: Path, n_tiles: int, tile_size: int) -> Path:
+    """A datalist whose ``test`` section lists ``n_tiles`` distinct files, hard links to SOAK_POOL synthetic tiles."""
+    pool = []
+    for seed in range(SOAK_POOL):
+        path = folder / "pool" / f"pool_{seed}.tif"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_image(path, synthesize_tile((tile_size, tile_size), seed)[0])
+        pool.append(path)
+    (folder / "tiles").mkdir()
+    for index in range(n_tiles):
+        os.link(pool[index % SOAK_POOL], folder / "tiles" / f"tile_{index:05d}.tif")  # not a symlink: sources resolve those
+    datalist = folder / "datalist.json"
+    datalist.write_text(json.dumps({"test": [{"image": f"tiles/tile_{i:05d}.tif"} for i in range(n_tiles)]}))
+    return datalist
+
+
+def soak_model(folder: Path, backbone: str, model: str | None) -> str:
+    """``model`` when given, else the path of a freshly written random-weight U-Net (seeded)."""
+    if model is not None:
+        return model
+    torch.manual_seed(SEED)
+    path = folder / "random_model.pt"
+    torch.save({"network": segmentation_unet(backbone, out_channels=N_CLASSES).state_dict()}, path)
+    return str(path)
+
+
+def soak_workflow(datalist: Path, out_dir: Path, model_path: str, backbone: str, roi_size: int):
+    """(evaluator, tile screen) of configs/inference.json over ``datalist``."""
+    parser = ConfigParser()
+    parser.read_config(str(REPO_ROOT / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(REPO_ROOT), "dataset_dir": str(datalist), "output_dir": str(out_dir),
+                   "model_path": model_path, "backbone": backbone, "roi_size": roi_size})
+    return parser.get_parsed_content("evaluator"), parser.get_parsed_content("screen")
+
+
+class SoakMonitor:
+    """Every ``block`` iterations: RSS, seconds and nuclei of the block; then empties ``out_dir``."""
+
+    def __init__(self, block: int, out_dir: Path):
+        self.block, self.out_dir = block, out_dir
+        self.rows: list[tuple[int, float, float]] = []  # (tiles done, RSS MiB, block seconds)
+        self.nuclei, self.source = 0, ""
+        self._start = 0.0
+
+    def attach(self, engine) -> None:
+        from ignite.engine import Events
+
+        engine.add_event_handler(Events.STARTED, self.restart_clock)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self.count_nuclei)
+        engine.add_event_handler(Events.ITERATION_COMPLETED(every=self.block), self.sample)
+
+    def restart_clock(self, _) -> None:
+        self._start = time.perf_counter()
+
+    def count_nuclei(self, engine) -> None:
+        self.nuclei += sum(int(item["instances"].max()) for item in engine.state.output)
+
+    def sample(self, engine) -> None:
+        rss, self.source = rss_mib()
+        self.rows.append((engine.state.iteration, rss, time.perf_counter() - self._start))
+        for path in self.out_dir.iterdir():
+            path.unlink()
+        self._start = time.perf_counter()
+
+
+def print_soak_report(monitor: SoakMonitor, tiles: int, tile_size: int) -> None:
+    print(f"{'tiles':>6} {'RSS MiB':>9} {'block s':>8} {'tiles/s':>8}")
+    previous = 0
+    for done, rss, seconds in monitor.rows:
+        print(f"{done:>6} {rss:>9.1f} {seconds:>8.1f} {(done - previous) / seconds:>8.2f}")
+        previous = done
+    if len(monitor.rows) < 2:
+        print("soak: fewer than two blocks; no growth figure (raise --tiles or lower --block)")
+        return
+    first, last = monitor.rows[0][1], monitor.rows[-1][1]
+    growth = (last - first) / first
+    done, rss = np.array([r[0] for r in monitor.rows], float), np.array([r[1] for r in monitor.rows])
+    slope = np.polyfit(done, rss, 1)[0] * 100
+    print(f"RSS growth from tile {monitor.rows[0][0]} to tile {monitor.rows[-1][0]}: {growth:+.1%} "
+          f"({first:.1f} -> {last:.1f} MiB; RSS from {monitor.source}) | target <= {MAX_SOAK_GROWTH:.0%} "
+          f"{'met' if growth <= MAX_SOAK_GROWTH else 'NOT met'}")
+    print(f"RSS over the samples: {rss.min():.1f}-{rss.max():.1f} MiB, least-squares trend {slope:+.2f} MiB per 100 tiles")
+    print(f"mean nuclei per tile: {monitor.nuclei / tiles:.1f} | mean throughput {monitor.rows[-1][0] / sum(r[2] for r in monitor.rows):.2f} tiles/s")
+
+
+def soak(
+    tiles: int = 500,
+    tile_size: int = 512,
+    roi_size: int | None = None,
+    backbone: str = "resnet18",
+    model: str | None = None,
+    block: int = 50,
+    threads: int | None = None,
+) -> None:
+    """Tile inference over ``tiles`` synthetic tiles in one process; RSS and throughput every ``block`` tiles."""
+    if threads is not None:
+        torch.set_num_threads(threads)
+    roi_size = roi_size or tile_size
+    set_determinism(seed=SEED)
+    with tempfile.TemporaryDirectory(prefix="soak_") as tmp:
+        folder = Path(tmp)
+        datalist = soak_inputs(folder, tiles, tile_size)
+        out_dir = folder / "outputs"
+        out_dir.mkdir()
+        evaluator, screen = soak_workflow(datalist, out_dir, soak_model(folder, backbone, model), backbone, roi_size)
+        monitor = SoakMonitor(block, out_dir)
+        monitor.attach(evaluator)
+        device = "CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} thread(s)"
+        print(f"soak: {tiles} tiles of {tile_size}x{tile_size} px ({SOAK_POOL} distinct synthetic tiles), {backbone} "
+              f"({'weights ' + model if model else 'random weights'}), sliding window {roi_size} px, {device}")
+        evaluator.run()
+        screen.exit_status()
+    print_soak_report(monitor, tiles, tile_size)
+
+
 if __name__ == "__main__":
-    fire.Fire({"metrics": metrics, "postprocess": postprocess, "pretrain": pretrain})
+    fire.Fire({"metrics": metrics, "postprocess": postprocess, "pretrain": pretrain, "soak": soak})

@@ -25,7 +25,8 @@ def bundle_run(configs: list[str], **overrides) -> None:
     """``python -m monai.bundle run`` on ``configs`` with ``--key value`` overrides; stop on failure."""
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps([str(CONFIGS / c) for c in configs])]
     for key, value in overrides.items():
-        command += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+        # fire reads booleans and None only in Python spelling ("false" would be a truthy string)
+        command += [f"--{key}", value if isinstance(value, str) else repr(value) if value is None or isinstance(value, bool) else json.dumps(value)]
     print(f"\n$ {' '.join(command)}", flush=True)
     subprocess.run(command, check=True, cwd=REPO_ROOT)
 

@@ -84,7 +84,8 @@ def bundle_run(configs: list[str], log: Path, **overrides) -> None:
     """``python -m monai.bundle run`` with ``--key value`` overrides; output to ``log``; raise on failure."""
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps([str(CONFIGS / c) for c in configs])]
     for key, value in overrides.items():
-        command += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
+        # fire reads booleans and None only in Python spelling ("false" would be a truthy string)
+        command += [f"--{key}", value if isinstance(value, str) else repr(value) if value is None or isinstance(value, bool) else json.dumps(value)]
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as handle:
         result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO_ROOT)

@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 
 from bundle.atomic import atomic_path  # noqa: E402
 from bundle.data import (  # noqa: E402
+    MAX_PIXELS,
     DataFileError,
     check_same_size,
     read_aperio_xml,
@@ -96,6 +97,7 @@ def prepare(
     fractions: Sequence[float] = DEFAULT_LABEL_FRACTIONS,
     labels: str = "auto",
     allow_unlabelled: bool = False,
+    max_pixels: int = MAX_PIXELS,
 ) -> str:
     """Convert ``src`` (and ``test_src``) into ``out``; return the path of the datalist written.
 
@@ -113,6 +115,8 @@ def prepare(
         allow_unlabelled: list ``src`` images without a label under ``unlabelled``
             (for self-supervised pretraining) instead of failing. Labels without an
             image always fail: they point to a misnamed file.
+        max_pixels: refuse an image or label file whose header claims more pixels
+            (values) than this, before decoding it (default 2**28).
     """
     if labels not in LABEL_POLICIES:
         raise ValueError(f"labels must be one of {sorted(LABEL_POLICIES)}, got {labels!r}")
@@ -130,7 +134,7 @@ def prepare(
 
     datalist = plan_datalist(train_inventory, test_inventory, val_fraction, seed, fractions, allow_unlabelled)
     test_sources = test_inventory.sources if test_inventory is not None else []
-    failures = convert_all([*train_inventory.sources, *test_sources], out)
+    failures = convert_all([*train_inventory.sources, *test_sources], out, max_pixels)
     datalist_path = out / DATALIST_NAME
     if failures:
         _fail(failures, stale_datalist=datalist_path)
@@ -209,25 +213,25 @@ def plan_datalist(
     )
 
 
-def convert_all(sources: Iterable[Source], out: Path) -> list[str]:
+def convert_all(sources: Iterable[Source], out: Path, max_pixels: int = MAX_PIXELS) -> list[str]:
     """Convert every source, carrying on past unreadable files; return their error messages."""
     failures = []
     for source in sources:
         try:
-            convert(source, out)
+            convert(source, out, max_pixels)
         except DataFileError as err:
             failures.append(str(err))
     return failures
 
 
-def convert(source: Source, out: Path) -> None:
+def convert(source: Source, out: Path, max_pixels: int = MAX_PIXELS) -> None:
     """Write ``out/images/<stem>.tif`` and, when labelled, ``out/labels/<stem>.tif``."""
-    image = read_image(source.image)
+    image = read_image(source.image, max_pixels)
     if source.label is not None:
         if source.label_source == "xml":
             label = read_aperio_xml(source.label, image.shape[:2])
         else:
-            label = read_label(source.label)
+            label = read_label(source.label, max_pixels)
         check_same_size(source.image, image, source.label, label)
         write_label(out / "labels" / f"{source.stem}.tif", label)
     write_image(out / "images" / f"{source.stem}.tif", image)
