@@ -17,8 +17,8 @@ from bundle.data import MAX_PIXELS, read_image, read_label
 PATH_SUFFIX = "_path"
 
 
-class LoadTiled(MapTransform):
-    """Read H&E tiles: ``d[key]`` path -> (3, H, W) uint8 RGB; the path is kept in ``d[key + "_path"]``.
+class _LoadPathd(MapTransform):
+    """Replace ``d[key]`` (a path) by the array :meth:`read` makes of it; keep the path in ``d[key + "_path"]``.
 
     Files whose header claims more than ``max_pixels`` pixels are refused before decoding.
     """
@@ -27,30 +27,29 @@ class LoadTiled(MapTransform):
         super().__init__(keys, allow_missing_keys)
         self.max_pixels = max_pixels
 
-    def __call__(self, data: Mapping[Hashable, object]) -> dict:
-        d = dict(data)
-        for key in self.key_iterator(d):
-            d[f"{key}{PATH_SUFFIX}"] = str(d[key])
-            d[key] = np.ascontiguousarray(read_image(d[key], self.max_pixels).transpose(2, 0, 1))
-        return d
-
-
-class LoadLabeld(MapTransform):
-    """Read instance label maps: ``d[key]`` path -> (1, H, W) integer ids (0 = background).
-
-    Files whose header claims more than ``max_pixels`` values are refused before decoding.
-    """
-
-    def __init__(self, keys: KeysCollection, max_pixels: int = MAX_PIXELS, allow_missing_keys: bool = False):
-        super().__init__(keys, allow_missing_keys)
-        self.max_pixels = max_pixels
+    def read(self, path: str) -> np.ndarray:
+        raise TypeError(f"{type(self).__name__} must define read(path)")
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
             d[f"{key}{PATH_SUFFIX}"] = str(d[key])
-            d[key] = read_label(d[key], self.max_pixels)[None]
+            d[key] = self.read(d[key])
         return d
+
+
+class LoadTiled(_LoadPathd):
+    """Read H&E tiles: ``d[key]`` path -> (3, H, W) uint8 RGB (see :class:`_LoadPathd`)."""
+
+    def read(self, path: str) -> np.ndarray:
+        return np.ascontiguousarray(read_image(path, self.max_pixels).transpose(2, 0, 1))
+
+
+class LoadLabeld(_LoadPathd):
+    """Read instance label maps: ``d[key]`` path -> (1, H, W) integer ids, 0 = background (see :class:`_LoadPathd`)."""
+
+    def read(self, path: str) -> np.ndarray:
+        return read_label(path, self.max_pixels)[None]
 
 
 def resize_square(image: np.ndarray, size: int, mode: str) -> np.ndarray:
