@@ -4,6 +4,7 @@ Images travel channel-first as uint8 (C, H, W) until the late conversion to floa
 cached tiles stay small and crops are views, not copies.
 """
 
+from abc import abstractmethod
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -27,8 +28,9 @@ class _LoadPathd(MapTransform):
         super().__init__(keys, allow_missing_keys)
         self.max_pixels = max_pixels
 
+    @abstractmethod
     def read(self, path: str) -> np.ndarray:
-        raise TypeError(f"{type(self).__name__} must define read(path)")
+        """The array stored at ``path``."""
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
