@@ -83,6 +83,14 @@ class AtomicCheckpointSaver(CheckpointSaver):
             if checkpoint is not None:
                 checkpoint.save_handler = AtomicDiskSaver(self.save_dir, checkpoint.save_handler.filename)
 
+    def state_dict(self) -> dict:
+        """The best-score tracker (ignite's ``(priority, filename)`` list) of the key-metric file, for a training checkpoint.
+
+        Saved with the training state (and restored by MONAI's ``load_state_dict``), so a
+        resumed run replaces the best model only with a higher-scoring one.
+        """
+        return self._key_metric_checkpoint.state_dict() if self._key_metric_checkpoint is not None else {}
+
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
     """A 32-bit seed for ``epoch`` of process ``rank`` of a run seeded with ``seed`` (all >= 0).

@@ -61,7 +61,7 @@ def test_latest_checkpoint_with_only_broken_files_starts_over_with_a_warning(tmp
     assert caplog.records[-1].getMessage() == f"{tmp_path}: no complete checkpoint to resume from; starting from the beginning"
 
 
-def saver_engine(tmp_path, **saver_args) -> tuple[Engine, torch.nn.Linear]:
+def saver_engine(tmp_path, **saver_args) -> tuple[Engine, AtomicCheckpointSaver]:
     """An engine of 1 iteration per epoch that changes a weight each epoch, with an AtomicCheckpointSaver."""
     net = torch.nn.Linear(1, 1)
 
@@ -73,8 +73,9 @@ def saver_engine(tmp_path, **saver_args) -> tuple[Engine, torch.nn.Linear]:
 
     engine = Engine(step)
     save_dict = {"network": net, "optimizer": torch.optim.SGD(net.parameters(), lr=0.1)}  # 2 objects, as the configs save
-    AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict=save_dict, **saver_args).attach(engine)
-    return engine, net
+    saver = AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict=save_dict, **saver_args)
+    saver.attach(engine)
+    return engine, saver
 
 
 def test_atomic_checkpoint_saver_keeps_n_saved_files_with_monai_names(tmp_path):
@@ -155,3 +156,16 @@ def test_epoch_seeder_makes_an_epoch_independent_of_the_epochs_before():
 def test_epoch_seed_differs_between_neighbouring_seeds_ranks_and_epochs():
     seeds = {epoch_seed(seed, epoch, rank) for seed in range(3) for epoch in range(1, 4) for rank in range(2)}
     assert len(seeds) == 18 and all(0 <= s < 2**32 for s in seeds)
+
+
+def test_best_model_saver_state_keeps_a_better_earlier_model_after_a_resume(tmp_path):
+    engine, saver = saver_engine(tmp_path, save_key_metric=True, key_metric_name="score", key_metric_filename="model.pt")
+    engine.run(range(1), max_epochs=1)  # score 1, weight 1
+    state = saver.state_dict()
+    assert [priority for priority, _ in state["_saved"]] == [1.0]
+
+    resumed, resumed_saver = saver_engine(tmp_path, save_key_metric=True, key_metric_name="score", key_metric_filename="model.pt")
+    resumed_saver.load_state_dict(state)
+    resumed.state.epoch, resumed.state.iteration, resumed.state.epoch_length = 2, 2, 1
+    resumed.run(range(1), max_epochs=3)  # epoch 3 scores 1 again: not higher, so the epoch-1 model stays
+    assert torch.load(tmp_path / "model.pt", weights_only=True)["network"]["weight"].item() == 1.0

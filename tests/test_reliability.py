@@ -165,6 +165,28 @@ def test_finetuning_killed_mid_checkpoint_write_resumes_from_the_previous_one(tm
     assert_resumed_like_reference(workflow, finetune_reference, resumed_from=1)
 
 
+def test_finetuning_resume_keeps_the_best_model_of_the_earlier_run(tmp_path, prepared):
+    """The training checkpoint stores the best-model tracker; a resumed run reloads it, so its
+    first validation replaces ``models/model.pt`` only when it scores higher than the earlier best."""
+    workflow = finetune_workflow(tmp_path, prepared)
+    workflow.overrides["max_epochs"] = 2
+    assert workflow.run()[0] == 0
+    checkpoint_path = workflow.ckpt_dir / "checkpoint_epoch=2.pt"
+    checkpoint = torch.load(checkpoint_path, weights_only=True)
+    (score, name), = checkpoint["best_model"]["_saved"]  # ignite's (priority, name) of the epoch-2 validation
+    assert 0.0 <= score <= 1.0
+    checkpoint["best_model"]["_saved"] = [(2.0, name)]  # a score no validation can beat (AJI <= 1)
+    torch.save(checkpoint, checkpoint_path)
+    best_path = tmp_path / "models" / "model.pt"
+    written = best_path.read_bytes()
+
+    workflow.overrides["max_epochs"] = 4
+    status, log = workflow.run()
+    assert status == 0, log[-3000:]
+    assert f"Restored all variables from {checkpoint_path}" in log and "Epoch[4] Complete" in log
+    assert best_path.read_bytes() == written, "the resumed run replaced a better best model"
+
+
 # ----------------------------------------------------------------------------- loader workers
 
 
