@@ -12,6 +12,10 @@ interrupted grid resumes where it stopped. Fine-tuning runs a fixed number of op
 steps whatever the label fraction (epochs are derived), so fractions differ only in data.
 ``report`` writes ``docs/results/<preset>.md`` (tables shaped like the paper's Tables 1-4)
 and ``docs/results/<preset>.png`` (AJI against label fraction per initialisation).
+
+The steps read ``configs/`` and ``bundle/`` of this checkout when they start, and each cell
+records the commit it ran on (``git describe --dirty``); the report lists them. To keep
+editing while a long grid runs, run it from its own worktree (``git worktree add``).
 """
 
 import json
@@ -142,6 +146,12 @@ def pretrained_encoder(init: str, seed: int, preset: dict, dataset_dir: Path, ou
     return encoder
 
 
+def source_version() -> str:
+    """``git describe --always --dirty`` of this checkout (``unknown`` outside git): what a step runs."""
+    result = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=REPO_ROOT)
+    return result.stdout.strip() or "unknown"
+
+
 def run_cell(init: str, fraction: float, seed: int, preset: dict, dataset_dir: Path, datalist: Path, out: Path,
              cell_name: str, imagenet_weights: str | None) -> dict:
     """Fine-tune and evaluate one cell (skipped when its summary exists); return the summary."""
@@ -149,7 +159,7 @@ def run_cell(init: str, fraction: float, seed: int, preset: dict, dataset_dir: P
     summary_path = root / "eval" / "metrics_summary.json"
     if summary_path.is_file():
         return json.loads(summary_path.read_text())
-    start = time.time()
+    start, version = time.time(), source_version()
     n_train = len(json.loads(datalist.read_text())["training"])
     init_args = {"init": "scratch"} if init == "scratch" else {"init": "imagenet", "init_weights": imagenet_weights} \
         if init == "imagenet" else {"init": "ssl", "init_weights": str(pretrained_encoder(init, seed, preset, dataset_dir, out))}
@@ -158,7 +168,7 @@ def run_cell(init: str, fraction: float, seed: int, preset: dict, dataset_dir: P
     bundle_run(["train.json"], root / "train_log.txt", **common, **preset["train"], **finetune_schedule(preset, n_train, fraction),
                label_fraction=fraction, resume=True, **init_args)
     bundle_run(["train.json", "evaluate.json"], root / "eval_log.txt", **common)
-    (root / "timing.json").write_text(json.dumps({"seconds": time.time() - start - pretrain_seconds}))
+    (root / "timing.json").write_text(json.dumps({"seconds": time.time() - start - pretrain_seconds, "commit": version}))
     return json.loads(summary_path.read_text())
 
 
@@ -200,7 +210,9 @@ def _cells(out_dir: Path) -> list[dict]:
         seed = next(int(p[1:]) for p in parts if p.startswith("s") and p[1:].isdigit())
         fraction = next(int(p[1:]) for p in parts if p.startswith("f") and p[1:].isdigit()) / 100
         init = "_".join(p for p in parts if not ((p[:1] in "fs" and p[1:].isdigit()) or p.startswith("fold")))
-        cells.append({"init": init, "fraction": fraction, "seed": seed, "fold": fold, **json.loads(summary.read_text())})
+        timing = summary.parent.parent / "timing.json"
+        commit = json.loads(timing.read_text()).get("commit", "unknown") if timing.is_file() else "unknown"
+        cells.append({"init": init, "fraction": fraction, "seed": seed, "fold": fold, "commit": commit, **json.loads(summary.read_text())})
     return cells
 
 
@@ -251,12 +263,12 @@ def report(preset: str = "cpu", out: str | None = None, report_to: str = "docs/r
     inits = [i for i in LABELS if any(c["init"] == i for c in cells)]
     fractions = sorted({c["fraction"] for c in cells}, reverse=True)
     wall = json.loads((out_dir / "wall.json").read_text()) if (out_dir / "wall.json").is_file() else {}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO_ROOT).stdout.strip()
+    commits = ", ".join(f"`{c}`" for c in sorted({c["commit"] for c in cells}))
     seeds = sorted({c["seed"] for c in cells})
     lines = [f"# Experiment results: `{preset}` preset", "",
              f"Preset: {PRESETS[preset]['about']}.",
              f"Command: `{wall.get('command', 'python scripts/experiment.py run --preset ' + preset)}`  ",
-             f"Commit: `{commit}`; machine: {platform.machine()}, {platform.processor() or platform.system()}, "
+             f"Commit(s) the cells ran on: {commits}; machine: {platform.machine()}, {platform.processor() or platform.system()}, "
              f"{__import__('os').cpu_count()} cores; wall time of the runs: {wall.get('seconds', 0) / 60:.0f} min.  ",
              f"Cells finished: {len(cells)}; seeds {seeds}. Figures are mean ± sample std over seeds (%), on the validation "
              "tiles of the prepared split (or each fold's held-out tiles).", "",

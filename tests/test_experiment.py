@@ -26,6 +26,8 @@ def test_grid_writes_tables_and_plot(grid):
     rows = [line for line in table.splitlines() if line.startswith("| ") and "initialisation" not in line]
     assert [row.split("|")[1].strip() for row in rows] == ["Scratch", "SSL (L_ST + L_CR)"]
     assert all(len(row.split("|")) == 4 for row in rows)  # one label-fraction column
+    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=REPO_ROOT).stdout.strip()
+    assert f"Commit(s) the cells ran on: `{commit}`;" in report
     assert (docs / "tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "pretrain" / "ssl_s0" / "models" / "pretrained_encoder.pt").is_file()
 
