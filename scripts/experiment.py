@@ -172,6 +172,25 @@ def run_cell(init: str, fraction: float, seed: int, preset: dict, dataset_dir: P
     return json.loads(summary_path.read_text())
 
 
+def keep_settings(out_dir: Path, settings: dict) -> None:
+    """Record the settings of the grid in ``out_dir/settings.json``; refuse others in the same folder.
+
+    Finished steps are reused by name, so a folder must hold one preset, schedule, dataset
+    and fold count: a run with other settings would mix its cells with the earlier ones.
+    """
+    path = out_dir / "settings.json"
+    if path.is_file():
+        recorded = json.loads(path.read_text())
+        changed = sorted(key for key in recorded.keys() | settings.keys() if recorded.get(key) != settings.get(key))
+        if changed:
+            raise SystemExit(f"{path}: this folder holds a grid run with other settings (differing: {', '.join(changed)}); "
+                             "choose another --out, or delete the folder to start over")
+        return
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(settings, indent=1))
+
+
 def run(preset: str = "cpu", data: str = "../shared/data/monuseg/train", out: str | None = None,
         inits="scratch,ssl,ssl_lst,ssl_lcr", fractions="1.0,0.1", seeds="0,1", folds: int = 0,
         imagenet_weights: str | None = None, report_to: str = "docs/results",
@@ -188,6 +207,7 @@ def run(preset: str = "cpu", data: str = "../shared/data/monuseg/train", out: st
     unknown = [i for i in init_list if i not in LABELS]
     if unknown:
         raise SystemExit(f"unknown initialisations {unknown}; choose from {sorted(LABELS)}")
+    keep_settings(out_dir, {"preset": preset, "schedule": spec, "data": str(Path(data).resolve()), "folds": folds})
     dataset_dir = prepared_dataset(Path(data).resolve(), out_dir)
     datalists = fold_datalists(dataset_dir, out_dir, folds) if folds else [dataset_dir / "datalist.json"]
     grid = [(s, fold, f, i) for s in _as_list(seeds, int) for fold in range(len(datalists)) for f in _as_list(fractions, float) for i in init_list]

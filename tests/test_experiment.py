@@ -45,3 +45,10 @@ def test_unknown_initialisation_is_refused(tmp_path, synthetic_dir):
     result = subprocess.run(RUNNER + ["run", "--preset", "tiny", "--data", str(synthetic_dir), "--out", str(tmp_path), "--inits", "magic"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "unknown initialisations ['magic']" in result.stderr
+
+
+def test_other_settings_in_the_same_folder_are_refused(grid):
+    out, _, args = grid
+    result = subprocess.run(RUNNER + args + ["--finetune_steps", "3"], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert f"{out / 'settings.json'}: this folder holds a grid run with other settings (differing: schedule)" in result.stderr
