@@ -194,14 +194,19 @@ def keep_settings(out_dir: Path, settings: dict) -> None:
 def run(preset: str = "cpu", data: str = "../shared/data/monuseg/train", out: str | None = None,
         inits="scratch,ssl,ssl_lst,ssl_lcr", fractions="1.0,0.1", seeds="0,1", folds: int = 0,
         imagenet_weights: str | None = None, report_to: str = "docs/results",
-        finetune_steps: int | None = None, pretrain_epochs: int | None = None) -> None:
-    """Run (or resume) the grid, then write the report; the two last options shorten a preset."""
+        finetune_steps: int | None = None, pretrain_epochs: int | None = None, pretrain_overrides: dict | None = None) -> None:
+    """Run (or resume) the grid, then write the report.
+
+    The three last options change a preset: fine-tuning steps, pretraining epochs, and any
+    other pretrain.json values (e.g. ``--pretrain_overrides '{"negative_sizes": [112, 96]}'``).
+    """
     started = time.time()
     spec = PRESETS[preset]
     if finetune_steps:
         spec = {**spec, "finetune_steps": finetune_steps}
-    if pretrain_epochs:
-        spec = {**spec, "pretrain": {**spec["pretrain"], "max_epochs": pretrain_epochs}}
+    if pretrain_epochs or pretrain_overrides:
+        extra = {**(pretrain_overrides or {}), **({"max_epochs": pretrain_epochs} if pretrain_epochs else {})}
+        spec = {**spec, "pretrain": {**spec["pretrain"], **extra}}
     out_dir = (REPO_ROOT / (out or f"experiments/{preset}")).resolve()
     init_list = _as_list(inits, str) + (["imagenet"] if imagenet_weights and "imagenet" not in str(inits) else [])
     unknown = [i for i in init_list if i not in LABELS]
@@ -274,6 +279,16 @@ def _plot(cells: list[dict], inits: list[str], fractions: list[float], path: Pat
     pyplot.close(figure)
 
 
+def schedule_changes(preset: str, out_dir: Path) -> str:
+    """The values of the grid's recorded schedule that differ from the preset, as ``key = value`` text."""
+    path = out_dir / "settings.json"
+    schedule = json.loads(path.read_text())["schedule"] if path.is_file() else PRESETS[preset]
+    changes = [f"{part}.{key} = {json.dumps(value)}" for part in ("common", "pretrain", "train")
+               for key, value in schedule[part].items() if PRESETS[preset][part].get(key) != value]
+    changes += [f"{key} = {schedule[key]}" for key in ("finetune_steps", "validations") if schedule[key] != PRESETS[preset][key]]
+    return "; ".join(changes)
+
+
 def report(preset: str = "cpu", out: str | None = None, report_to: str = "docs/results") -> None:
     """Write ``<report_to>/<preset>.md`` and ``.png`` from the finished cells."""
     out_dir = (REPO_ROOT / (out or f"experiments/{preset}")).resolve()
@@ -286,7 +301,7 @@ def report(preset: str = "cpu", out: str | None = None, report_to: str = "docs/r
     commits = ", ".join(f"`{c}`" for c in sorted({c["commit"] for c in cells}))
     seeds = sorted({c["seed"] for c in cells})
     lines = [f"# Experiment results: `{preset}` preset", "",
-             f"Preset: {PRESETS[preset]['about']}.",
+             f"Preset: {PRESETS[preset]['about']}." + (f" Changed for this grid: {changes}." if (changes := schedule_changes(preset, out_dir)) else ""),
              f"Command: `{wall.get('command', 'python scripts/experiment.py run --preset ' + preset)}`  ",
              f"Commit(s) the cells ran on: {commits}; machine: {platform.machine()}, {platform.processor() or platform.system()}, "
              f"{__import__('os').cpu_count()} cores; wall time of the runs: {wall.get('seconds', 0) / 60:.0f} min.  ",

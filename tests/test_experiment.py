@@ -1,5 +1,7 @@
 """The experiment runner on a tiny grid: table shape, plot, and resume without rerunning cells."""
 
+import importlib.util
+import json
 import subprocess
 import sys
 
@@ -7,6 +9,9 @@ import pytest
 from conftest import REPO_ROOT
 
 RUNNER = [sys.executable, str(REPO_ROOT / "scripts" / "experiment.py")]
+_spec = importlib.util.spec_from_file_location("experiment_script", RUNNER[1])
+experiment = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(experiment)
 
 
 @pytest.fixture(scope="module")
@@ -52,3 +57,12 @@ def test_other_settings_in_the_same_folder_are_refused(grid):
     result = subprocess.run(RUNNER + args + ["--finetune_steps", "3"], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
     assert f"{out / 'settings.json'}: this folder holds a grid run with other settings (differing: schedule)" in result.stderr
+
+
+def test_report_names_what_a_grid_changed_from_its_preset(tmp_path):
+    schedule = json.loads(json.dumps(experiment.PRESETS["cpu"]))
+    assert experiment.schedule_changes("cpu", tmp_path) == ""  # no settings.json: the preset itself
+    schedule["pretrain"]["negative_sizes"] = [112, 96]
+    schedule["finetune_steps"] = 600
+    experiment.keep_settings(tmp_path, {"preset": "cpu", "schedule": schedule, "data": "d", "folds": 0})
+    assert experiment.schedule_changes("cpu", tmp_path) == "pretrain.negative_sizes = [112, 96]; finetune_steps = 600"
