@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+import shapely
 import tifffile
 from PIL import Image
 from scipy import ndimage
@@ -140,6 +141,18 @@ def test_unsimplified_polygon_of_rectangle_lies_on_pixel_edges():
     ((_, simplified),) = instance_polygons(label, tolerance=0.5)
     assert len(simplified) < len(ring)
     assert (simplified >= [2.5, 4.5]).all() and (simplified <= [9.5, 8.5]).all()
+
+
+@pytest.mark.parametrize("tolerance", [0.5, 2.0])
+def test_simplified_outlines_stay_within_tolerance_of_the_pixel_edges(tolerance):
+    _, label = synthesize_tile((256, 256), seed=5)
+    exact, simplified = instance_polygons(label, tolerance=0), instance_polygons(label, tolerance=tolerance)
+    assert [i for i, _ in exact] == [i for i, _ in simplified]
+    assert sum(len(ring) for _, ring in simplified) < sum(len(ring) for _, ring in exact)
+    for (_, trace), (_, ring) in zip(exact, simplified):
+        np.testing.assert_array_equal(ring[0], ring[-1])
+        assert {tuple(vertex) for vertex in ring} <= {tuple(vertex) for vertex in trace}  # a subset of the trace's vertices
+        assert shapely.distance(shapely.points(trace), shapely.linestrings(ring)).max() <= tolerance + 1e-9
 
 
 def test_single_pixel_nucleus_keeps_a_valid_ring():
