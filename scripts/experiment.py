@@ -35,6 +35,7 @@ sys.path.insert(0, str(REPO_ROOT))  # run as `python scripts/experiment.py` from
 
 from bundle.atomic import atomic_path  # noqa: E402
 from bundle.datalist import round_half_up  # noqa: E402
+from bundle.scalars import read_scalars, tail_means  # noqa: E402
 
 CONFIGS = REPO_ROOT / "configs"
 # Each preset: overrides of pretrain.json and train.json, fine-tuning steps, and what it is for.
@@ -279,6 +280,24 @@ def _plot(cells: list[dict], inits: list[str], fractions: list[float], path: Pat
     pyplot.close(figure)
 
 
+def _pretraining_table(out_dir: Path) -> list[str]:
+    """Per pretraining run: its minutes and the mean of each logged scalar over its last quarter of iterations."""
+    runs = []
+    for root in sorted((out_dir / "pretrain").glob("*_s*")):
+        init, seed = root.name.rsplit("_s", 1)
+        if init in LABELS and (root / "models" / "pretrained_encoder.pt").is_file():
+            timing = root / "timing.json"
+            minutes = f"{json.loads(timing.read_text())['seconds'] / 60:.1f}" if timing.is_file() else "–"
+            runs.append((LABELS[init], seed, minutes, tail_means(read_scalars(root / "runs"))))
+    tags = sorted({tag for *_, means in runs for tag in means})
+    if not runs:
+        return []
+    lines = ["| pretraining | seed | minutes | " + " | ".join(tags) + " |", "|---|---|---|" + "---|" * len(tags)]
+    for label, seed, minutes, means in runs:
+        lines.append(f"| {label} | {seed} | {minutes} | " + " | ".join(f"{means[t]:.3f}" if t in means else "–" for t in tags) + " |")
+    return lines
+
+
 def schedule_changes(preset: str, out_dir: Path) -> str:
     """The values of the grid's recorded schedule that differ from the preset, as ``key = value`` text."""
     path = out_dir / "settings.json"
@@ -315,6 +334,10 @@ def report(preset: str = "cpu", out: str | None = None, report_to: str = "docs/r
     proxies = [i for i in ("scratch", "imagenet", "rotnet", "jigsaw", "colorme", "ssl") if i in inits]
     if any(i in inits for i in ("rotnet", "jigsaw", "colorme")):
         lines += ["## Table 2 – proxy tasks, AJI (%)", "", *_table(cells, proxies, fractions, "aji"), ""]
+    pretraining = _pretraining_table(out_dir)
+    if pretraining:
+        lines += ["## Pretraining – where each run ended (mean of its last quarter of iterations; accuracies are of the proxy task)", "",
+                  *pretraining, ""]
     folded = [c for c in cells if c["fold"] is not None]
     if folded:
         lines += ["## Table 4 – cross-validation, per fold (Dice %, AJI %)", "", "| initialisation | fold | Dice | AJI |", "|---|---|---|---|"]

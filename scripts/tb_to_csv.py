@@ -12,18 +12,12 @@ import fire
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, so `bundle` imports when run as a script
 
 from bundle.atomic import atomic_path  # noqa: E402
+from bundle.scalars import read_scalars  # noqa: E402
 
 
 def tb_to_csv(log_dir: str, out_csv: str) -> None:
     """Every scalar of every event file under ``log_dir`` into ``out_csv``."""
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    rows = []
-    for events in sorted(Path(log_dir).rglob("events.out.tfevents.*")):
-        accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
-        accumulator.Reload()
-        for tag in accumulator.Tags()["scalars"]:
-            rows += [(tag, event.step, event.value) for event in accumulator.Scalars(tag)]
+    rows = [(tag, step, value) for tag, points in read_scalars(log_dir).items() for step, value in points]
     with atomic_path(out_csv) as tmp, open(tmp, "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(["tag", "step", "value"])

@@ -33,6 +33,10 @@ def test_grid_writes_tables_and_plot(grid):
     assert all(len(row.split("|")) == 4 for row in rows)  # one label-fraction column
     commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=REPO_ROOT).stdout.strip()
     assert f"Commit(s) the cells ran on: `{commit}`;" in report
+    pretraining = report.split("## Pretraining")[1].split("##")[0]
+    header, _, row = [line for line in pretraining.splitlines() if line.startswith("|")]
+    assert header.startswith("| pretraining | seed | minutes | l_cr | l_st | loss | rank_acc | triplet_acc |")
+    assert row.startswith("| SSL (L_ST + L_CR) | 0 | ") and len(row.split("|")) == len(header.split("|"))
     assert (docs / "tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "pretrain" / "ssl_s0" / "models" / "pretrained_encoder.pt").is_file()
 
@@ -66,3 +70,10 @@ def test_report_names_what_a_grid_changed_from_its_preset(tmp_path):
     schedule["finetune_steps"] = 600
     experiment.keep_settings(tmp_path, {"preset": "cpu", "schedule": schedule, "data": "d", "folds": 0})
     assert experiment.schedule_changes("cpu", tmp_path) == "pretrain.negative_sizes = [112, 96]; finetune_steps = 600"
+
+
+def test_tail_means_average_the_last_quarter_of_each_series():
+    from bundle.scalars import tail_means
+
+    series = {"loss": [(step, float(step)) for step in range(8)], "acc": [(0, 0.5)]}
+    assert tail_means(series) == {"loss": 6.5, "acc": 0.5}  # steps 6 and 7; a single point is its own tail
