@@ -4,6 +4,8 @@
     python scripts/experiment.py run --preset cpu --data DIR --inits scratch,ssl --fractions 1.0,0.1 --seeds 0,1
     python scripts/experiment.py run --preset cpu --data DIR --folds 5          # K-fold cross-validation
     python scripts/experiment.py report --preset cpu                            # tables + plot only
+    python scripts/experiment.py run --preset cpu --out experiments/cpu_hardneg --inits ssl \
+        --pretrain_overrides '{"negative_sizes": [112, 96]}' --name cpu_hardneg  # a variant, reported apart
 
 A cell = pretrain (once per proxy and seed, reused) -> fine-tune (train.json) -> evaluate
 (train.json + evaluate.json), each a ``python -m monai.bundle run`` with the preset's
@@ -194,7 +196,7 @@ def keep_settings(out_dir: Path, settings: dict) -> None:
 
 def run(preset: str = "cpu", data: str = "../shared/data/monuseg/train", out: str | None = None,
         inits="scratch,ssl,ssl_lst,ssl_lcr", fractions="1.0,0.1", seeds="0,1", folds: int = 0,
-        imagenet_weights: str | None = None, report_to: str = "docs/results",
+        imagenet_weights: str | None = None, report_to: str = "docs/results", name: str | None = None,
         finetune_steps: int | None = None, pretrain_epochs: int | None = None, pretrain_overrides: dict | None = None) -> None:
     """Run (or resume) the grid, then write the report.
 
@@ -224,7 +226,7 @@ def run(preset: str = "cpu", data: str = "../shared/data/monuseg/train", out: st
         print(f"    AJI {summary['aji']:.4f} Dice {summary['dice']:.4f}", flush=True)
     elapsed = json.loads((out_dir / "wall.json").read_text())["seconds"] if (out_dir / "wall.json").is_file() else 0.0
     (out_dir / "wall.json").write_text(json.dumps({"seconds": elapsed + time.time() - started, "command": " ".join(sys.argv)}))
-    report(preset, out, report_to)
+    report(preset, out, report_to, name)
 
 
 def _cells(out_dir: Path) -> list[dict]:
@@ -308,8 +310,9 @@ def schedule_changes(preset: str, out_dir: Path) -> str:
     return "; ".join(changes)
 
 
-def report(preset: str = "cpu", out: str | None = None, report_to: str = "docs/results") -> None:
-    """Write ``<report_to>/<preset>.md`` and ``.png`` from the finished cells."""
+def report(preset: str = "cpu", out: str | None = None, report_to: str = "docs/results", name: str | None = None) -> None:
+    """Write ``<report_to>/<name>.md`` and ``.png`` (``name`` defaults to the preset's) from the finished cells."""
+    name = name or preset
     out_dir = (REPO_ROOT / (out or f"experiments/{preset}")).resolve()
     cells = _cells(out_dir)
     if not cells:
@@ -319,7 +322,7 @@ def report(preset: str = "cpu", out: str | None = None, report_to: str = "docs/r
     wall = json.loads((out_dir / "wall.json").read_text()) if (out_dir / "wall.json").is_file() else {}
     commits = ", ".join(f"`{c}`" for c in sorted({c["commit"] for c in cells}))
     seeds = sorted({c["seed"] for c in cells})
-    lines = [f"# Experiment results: `{preset}` preset", "",
+    lines = [f"# Experiment results: `{preset}` preset" + (f" ({name})" if name != preset else ""), "",
              f"Preset: {PRESETS[preset]['about']}." + (f" Changed for this grid: {changes}." if (changes := schedule_changes(preset, out_dir)) else ""),
              f"Command: `{wall.get('command', 'python scripts/experiment.py run --preset ' + preset)}`  ",
              f"Commit(s) the cells ran on: {commits}; machine: {platform.machine()}, {platform.processor() or platform.system()}, "
@@ -344,11 +347,11 @@ def report(preset: str = "cpu", out: str | None = None, report_to: str = "docs/r
         for c in sorted(folded, key=lambda c: (inits.index(c["init"]), c["fold"])):
             lines.append(f"| {LABELS[c['init']]} | {c['fold']} | {100 * c['dice']:.2f} | {100 * c['aji']:.2f} |")
     target = REPO_ROOT / report_to
-    _plot(cells, inits, fractions, target / f"{preset}.png", f"{preset} preset: AJI vs labels")
-    lines += ["", f"![AJI against label fraction]({preset}.png)", ""]
-    with atomic_path(target / f"{preset}.md") as tmp:
+    _plot(cells, inits, fractions, target / f"{name}.png", f"{name}: AJI vs labels")
+    lines += ["", f"![AJI against label fraction]({name}.png)", ""]
+    with atomic_path(target / f"{name}.md") as tmp:
         tmp.write_text("\n".join(lines))
-    print(f"report written to {target / f'{preset}.md'}")
+    print(f"report written to {target / f'{name}.md'}")
 
 
 if __name__ == "__main__":

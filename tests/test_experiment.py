@@ -77,3 +77,12 @@ def test_tail_means_average_the_last_quarter_of_each_series():
 
     series = {"loss": [(step, float(step)) for step in range(8)], "acc": [(0, 0.5)]}
     assert tail_means(series) == {"loss": 6.5, "acc": 0.5}  # steps 6 and 7; a single point is its own tail
+
+
+def test_report_under_another_name(grid, tmp_path):
+    out, _, _ = grid
+    result = subprocess.run(RUNNER + ["report", "--preset", "tiny", "--out", str(out), "--report_to", str(tmp_path), "--name", "variant"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["variant.md", "variant.png"]
+    assert (tmp_path / "variant.md").read_text().startswith("# Experiment results: `tiny` preset (variant)")
