@@ -220,9 +220,9 @@ def run(preset: str = "cpu", data: str = "../shared/data/monuseg/train", out: st
     datalists = fold_datalists(dataset_dir, out_dir, folds) if folds else [dataset_dir / "datalist.json"]
     grid = [(s, fold, f, i) for s in _as_list(seeds, int) for fold in range(len(datalists)) for f in _as_list(fractions, float) for i in init_list]
     for number, (seed, fold, fraction, init) in enumerate(grid, 1):
-        name = f"{init}_f{round(fraction * 100)}_s{seed}" + (f"_fold{fold}" if folds else "")
-        print(f"[{number}/{len(grid)}] {name}", flush=True)
-        summary = run_cell(init, fraction, seed, spec, dataset_dir, datalists[fold], out_dir, name, imagenet_weights)
+        cell_name = f"{init}_f{round(fraction * 100)}_s{seed}" + (f"_fold{fold}" if folds else "")
+        print(f"[{number}/{len(grid)}] {cell_name}", flush=True)
+        summary = run_cell(init, fraction, seed, spec, dataset_dir, datalists[fold], out_dir, cell_name, imagenet_weights)
         print(f"    AJI {summary['aji']:.4f} Dice {summary['dice']:.4f}", flush=True)
     elapsed = json.loads((out_dir / "wall.json").read_text())["seconds"] if (out_dir / "wall.json").is_file() else 0.0
     (out_dir / "wall.json").write_text(json.dumps({"seconds": elapsed + time.time() - started, "command": " ".join(sys.argv)}))
