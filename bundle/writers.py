@@ -94,8 +94,9 @@ def instance_polygons(instances: np.ndarray, tolerance: float = 0.5) -> list[tup
     Each outline is the longest iso-contour (``find_contours`` at level 0.5, i.e. along the
     pixel edges) of the nucleus's bounding-box crop padded by 1 px of background, simplified by
     Douglas-Peucker with ``tolerance`` pixels: vertices within ``tolerance`` of the simplified
-    outline are dropped, so an edge may sit up to ``tolerance`` px off the pixel edges (0 keeps the exact trace; the raw contour is also kept when simplification leaves
-    fewer than 3 distinct vertices). Coordinates are image pixels, x = column and y = row,
+    outline are dropped, so an edge may sit up to ``tolerance`` px off the pixel edges (0 keeps
+    the exact trace; the raw contour is also kept when simplification leaves fewer than 3
+    distinct vertices). Coordinates are image pixels, x = column and y = row,
     pixel centres at integers; the first vertex is repeated last. A nucleus in several
     pieces keeps its longest outline only; holes are not traced.
     """

@@ -291,9 +291,9 @@ def _pretraining_table(out_dir: Path) -> list[str]:
             timing = root / "timing.json"
             minutes = f"{json.loads(timing.read_text())['seconds'] / 60:.1f}" if timing.is_file() else "–"
             runs.append((LABELS[init], seed, minutes, tail_means(read_scalars(root / "runs"))))
-    tags = sorted({tag for *_, means in runs for tag in means})
     if not runs:
         return []
+    tags = sorted({tag for *_, means in runs for tag in means})
     lines = ["| pretraining | seed | minutes | " + " | ".join(tags) + " |", "|---|---|---|" + "---|" * len(tags)]
     for label, seed, minutes, means in runs:
         lines.append(f"| {label} | {seed} | {minutes} | " + " | ".join(f"{means[t]:.3f}" if t in means else "–" for t in tags) + " |")
