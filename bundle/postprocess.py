@@ -18,7 +18,9 @@ MONAI's ``Watershed`` transform is a thin wrapper that expects (1, H, W) arrays 
 flood a 3-D volume; ``skimage.segmentation.watershed`` is called on the 2-D planes directly.
 """
 
+import json
 from collections.abc import Hashable, Mapping
+from pathlib import Path
 
 import numpy as np
 from monai.config import KeysCollection, NdarrayOrTensor
@@ -28,6 +30,7 @@ from scipy import ndimage
 from skimage.measure import label as connected_components
 from skimage.segmentation import relabel_sequential, watershed
 
+from bundle.data import DataFileError
 from bundle.targets import BODY, BOUNDARY, N_CLASSES
 
 PROBABILITY_TOLERANCE = 1e-3
@@ -164,3 +167,35 @@ class ClassMapToInstancesd(MapTransform):
         for key in self.key_iterator(d):
             d[key if self.output_key is None else self.output_key] = self.converter(d[key])
         return d
+
+
+THRESHOLD_KEYS = ("body_threshold", "foreground_threshold")
+AREA_KEYS = ("min_marker_area", "min_nucleus_area")
+
+
+def stored_settings(path: str | Path) -> dict:
+    """Post-processing settings stored with a model (``models/model.postprocess.json``); {} when absent.
+
+    The file is written by :class:`bundle.tuning.ThresholdTuner`. Only the keys of
+    :class:`ClassMapToInstances` (thresholds, areas) are returned; anything else in the file
+    (how they were chosen) is left out.
+
+    Raises:
+        DataFileError: the file is not JSON, not an object, or holds a value out of range.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        content = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise DataFileError(path, f"not a readable JSON file of post-processing settings ({error})") from None
+    if not isinstance(content, dict):
+        raise DataFileError(path, f"expected a JSON object of post-processing settings, got {type(content).__name__}")
+    settings = {key: content[key] for key in (*THRESHOLD_KEYS, *AREA_KEYS) if key in content}
+    for key, value in settings.items():
+        is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not is_number or not (0.0 <= value < 1.0 if key in THRESHOLD_KEYS else value >= 0):
+            expected = "a number in [0, 1)" if key in THRESHOLD_KEYS else "a number of pixels >= 0"
+            raise DataFileError(path, f"{key} must be {expected}, got {value!r}")
+    return settings

@@ -90,3 +90,56 @@ def test_inference_writes_four_outputs_per_tile_and_skips_unreadable_ones(traine
         assert [int(row["id"]) for row in rows] == ids.tolist()
         assert (out / f"{path.stem}_overlay.png").is_file()
     assert not list(out.glob("broken*"))
+
+
+def test_training_ends_by_storing_thresholds_chosen_on_validation(trained, prepared):
+    root, log = trained
+    stored = json.loads((root / "models" / "model.postprocess.json").read_text())
+    assert "post-processing thresholds written to" in log
+    assert stored["body_threshold"] in (0.3, 0.4, 0.5, 0.6, 0.7) and stored["foreground_threshold"] in (0.3, 0.4, 0.5, 0.6, 0.7)
+    assert stored["chosen_by"]["tiles"] == len(json.loads((prepared / "datalist.json").read_text())["validation"])
+    assert stored["chosen_by"]["score"] >= stored["chosen_by"]["score_of_defaults"]
+
+
+def nuclei_per_tile(out) -> list[int]:
+    return [int(tifffile.imread(path).max()) for path in sorted(out.glob("*_instances.tif"))]
+
+
+def test_inference_and_evaluation_use_the_thresholds_stored_with_the_model(trained, prepared, tmp_path):
+    root, _ = trained
+    model_dir = tmp_path / "models"
+    model_dir.mkdir()
+    shutil.copy(root / "models" / "model.pt", model_dir / "model.pt")
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    shutil.copy(sorted((prepared / "images").glob("*.tif"))[0], tiles)
+    settings = model_dir / "model.postprocess.json"
+
+    def infer(out, **overrides):
+        result = run_bundle(["inference.json"], cwd=tmp_path, bundle_root=str(tmp_path), dataset_dir=str(tiles), output_dir=str(out),
+                            backbone="resnet10", roi_size=64, **overrides)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return nuclei_per_tile(out)
+
+    # every pixel a seed and foreground: the whole tile is one nucleus
+    settings.write_text(json.dumps({"body_threshold": 0.0, "foreground_threshold": 0.0, "min_marker_area": 0, "min_nucleus_area": 0}))
+    assert infer(tmp_path / "all", tta=True) == [1]
+    # nuclei must cover 10^9 pixels: none is kept, at inference and at evaluation
+    settings.write_text(json.dumps({"min_nucleus_area": 10**9}))
+    assert infer(tmp_path / "none") == [0]
+    result = run_bundle(["train.json", "evaluate.json"], cwd=tmp_path, bundle_root=str(tmp_path), dataset_dir=str(prepared), **TINY)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((tmp_path / "eval" / "metrics_summary.json").read_text())["n_pred"] == 0
+    # a value given on the command line wins over the stored one
+    assert infer(tmp_path / "override", **{"postprocess#min_nucleus_area": 0, "postprocess#body_threshold": 0.0,
+                                           "postprocess#foreground_threshold": 0.0, "postprocess#min_marker_area": 0}) == [1]
+
+
+def test_the_loss_weights_boundaries_and_pools_dice_over_the_batch():
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO_ROOT / "configs" / "train.json"))
+    loss = parser.get_parsed_content("loss")
+    assert loss.cross_entropy.weight.tolist() == [1.0, 1.0, 2.0]
+    assert loss.dice.batch is True
