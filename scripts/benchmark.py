@@ -3,6 +3,7 @@
     python scripts/benchmark.py metrics [--repeats 20] [--reference_repeats 3]
     python scripts/benchmark.py postprocess [--repeats 10]
     python scripts/benchmark.py pretrain [--backbone resnet18 --crop_size 256 --batch 4]
+    python scripts/benchmark.py finetune [--backbone resnet18 --crop_size 256 --batch 8]
     python scripts/benchmark.py soak [--tiles 500 --tile_size 512 --model models/model.pt]
 
 ``metrics``: ``bundle.metrics.nuclei_metrics`` (all scores from one overlap table) against
@@ -25,6 +26,11 @@ realistic softmax map made from its targets: one-hot, Gaussian blur, noise, reno
 3B crops, projection, count head, both losses, backward, SGD step) divided by the time of a
 plain encoder forward+backward+step on the same 3B crops, and by three separate passes.
 Runs on CUDA when present (AMP), else on the CPU.
+
+``finetune``: the time of one fine-tuning step on the CPU (U-Net forward through
+``bundle.inferers.CpuBf16Inferer``, the DiceCE loss of ``configs/train.json``, backward,
+AdamW step) with bfloat16 autocast off and on, median of ``--repeats``, and their ratio.
+bfloat16 is only timed where the CPU has it natively (``cpu_has_native_bf16``).
 
 ``soak``: long-run stability of tile inference in one process: ``configs/inference.json``
 (its evaluator: LoadTiled, sliding-window network, softmax, post-processing, and the four
@@ -56,6 +62,7 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, so `bundle` imports when run as a script
 
+from bundle.inferers import CpuBf16Inferer, cpu_has_native_bf16  # noqa: E402
 from bundle.losses import InstanceAwareLoss  # noqa: E402
 from bundle.metrics import nuclei_metrics  # noqa: E402
 from bundle.metrics_reference import aji_reference, perturb_instances, random_instance_map  # noqa: E402
@@ -350,6 +357,32 @@ def print_soak_report(monitor: SoakMonitor, tiles: int, tile_size: int) -> None:
     print(f"mean nuclei per tile: {monitor.nuclei / tiles:.1f} | mean throughput {monitor.rows[-1][0] / sum(r[2] for r in monitor.rows):.2f} tiles/s")
 
 
+def finetune(backbone: str = "resnet18", crop_size: int = 256, batch: int = 8, repeats: int = 10) -> None:
+    """Median CPU time of one fine-tuning step in float32 and under bfloat16 autocast."""
+    parser = ConfigParser()
+    parser.read_config(str(Path(__file__).resolve().parents[1] / "configs" / "train.json"))
+    loss_function = parser.get_parsed_content("loss")
+    set_determinism(seed=0)
+    network = segmentation_unet(backbone=backbone, out_channels=3)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=1e-4)
+    images = torch.rand(batch, 3, crop_size, crop_size)
+    labels = torch.randint(0, 3, (batch, 1, crop_size, crop_size))
+
+    def step(inferer: CpuBf16Inferer) -> None:
+        optimizer.zero_grad()
+        loss_function(inferer(images, network), labels).backward()
+        optimizer.step()
+
+    print(f"{backbone} U-Net, {batch} crops of {crop_size} px, {torch.get_num_threads()} threads, median of {repeats} steps:")
+    float32_s = median_seconds(lambda: step(CpuBf16Inferer(enabled=False)), repeats)
+    print(f"    float32 {float32_s * 1e3:.0f} ms per step")
+    if not cpu_has_native_bf16():
+        print("    bfloat16: not timed, this CPU has no native bfloat16 (the 'auto' setting keeps float32 here)")
+        return
+    bfloat16_s = median_seconds(lambda: step(CpuBf16Inferer(enabled=True)), repeats)
+    print(f"    bfloat16 autocast {bfloat16_s * 1e3:.0f} ms per step | ratio float32 / bfloat16 {float32_s / bfloat16_s:.2f}")
+
+
 def soak(
     tiles: int = 500,
     tile_size: int = 512,
@@ -381,4 +414,4 @@ def soak(
 
 
 if __name__ == "__main__":
-    fire.Fire({"metrics": metrics, "postprocess": postprocess, "pretrain": pretrain, "soak": soak})
+    fire.Fire({"metrics": metrics, "postprocess": postprocess, "pretrain": pretrain, "finetune": finetune, "soak": soak})
