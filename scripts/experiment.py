@@ -20,6 +20,7 @@ records the commit it ran on (``git describe --dirty``); the report lists them. 
 editing while a long grid runs, run it from its own worktree (``git worktree add``).
 """
 
+import csv
 import json
 import math
 import platform
@@ -244,8 +245,24 @@ def _cells(out_dir: Path) -> list[dict]:
         init = "_".join(p for p in parts if not ((p[:1] in "fs" and p[1:].isdigit()) or p.startswith("fold")))
         timing = summary.parent.parent / "timing.json"
         commit = json.loads(timing.read_text()).get("commit", "unknown") if timing.is_file() else "unknown"
-        cells.append({"init": init, "fraction": fraction, "seed": seed, "fold": fold, "commit": commit, **json.loads(summary.read_text())})
+        cells.append({"init": init, "fraction": fraction, "seed": seed, "fold": fold, "commit": commit, **json.loads(summary.read_text()),
+                      **_cell_details(summary.parent.parent)})
     return cells
+
+
+def _cell_details(root: Path) -> dict:
+    """A cell's worst validation tile (``eval/metrics.csv``) and its stored post-processing choice, where present."""
+    details = {}
+    rows = list(csv.DictReader(open(root / "eval" / "metrics.csv"))) if (root / "eval" / "metrics.csv").is_file() else []
+    if rows:
+        worst = min(rows, key=lambda row: float(row["aji"]))
+        details |= {"worst_tile": worst["image"], "worst_aji": float(worst["aji"])}
+    stored = root / "models" / "model.postprocess.json"
+    if stored.is_file():
+        chosen = json.loads(stored.read_text())
+        details |= {"thresholds": f"{chosen['body_threshold']}/{chosen['foreground_threshold']}",
+                    "aji_default_thresholds": chosen["chosen_by"]["score_of_defaults"]}
+    return details
 
 
 def _mean_spread(values: list[float]) -> str:
@@ -304,6 +321,24 @@ def _pretraining_table(out_dir: Path) -> list[str]:
     return lines
 
 
+def _per_cell_table(cells: list[dict], inits: list[str]) -> list[str]:
+    """Table 4: every cell (fold, seed) with its Dice, AJI, AJI at the default thresholds, thresholds and worst tile."""
+    percent = lambda c, key: f"{100 * c[key]:.2f}" if key in c else "–"
+    lines = ["## Table 4 – every cell: Dice %, AJI % (with the stored thresholds, and with the defaults 0.5/0.5), worst tile", "",
+             "| initialisation | labels | seed | fold | Dice | AJI | AJI, default thresholds | thresholds body/foreground | worst tile (AJI %) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    order = lambda c: (inits.index(c["init"]), -c["fraction"], c["seed"], -1 if c["fold"] is None else c["fold"])
+    for c in sorted(cells, key=order):
+        worst = f"{c['worst_tile']} ({100 * c['worst_aji']:.2f})" if "worst_tile" in c else "–"
+        lines.append(f"| {LABELS[c['init']]} | {round(c['fraction'] * 100)} % | {c['seed']} | {'–' if c['fold'] is None else c['fold']} | "
+                     f"{percent(c, 'dice')} | {percent(c, 'aji')} | {percent(c, 'aji_default_thresholds')} | {c.get('thresholds', '–')} | {worst} |")
+    worst = min((c for c in cells if "worst_tile" in c), key=lambda c: c["worst_aji"], default=None)
+    if worst:
+        lines += ["", f"Worst validation tile over all cells: {worst['worst_tile']}, AJI {100 * worst['worst_aji']:.2f} % "
+                      f"({LABELS[worst['init']]}, {round(worst['fraction'] * 100)} % labels, seed {worst['seed']}, fold {worst['fold']})."]
+    return lines + [""]
+
+
 def schedule_changes(preset: str, out_dir: Path) -> str:
     """The values of the grid's recorded schedule that differ from the preset, as ``key = value`` text."""
     path = out_dir / "settings.json"
@@ -345,11 +380,7 @@ def report(preset: str = "cpu", out: str | None = None, report_to: str = "docs/r
     if pretraining:
         lines += ["## Pretraining – where each run ended (mean of its last quarter of iterations; accuracies are of the proxy task)", "",
                   *pretraining, ""]
-    folded = [c for c in cells if c["fold"] is not None]
-    if folded:
-        lines += ["## Table 4 – cross-validation, per fold (Dice %, AJI %)", "", "| initialisation | fold | Dice | AJI |", "|---|---|---|---|"]
-        for c in sorted(folded, key=lambda c: (inits.index(c["init"]), c["fold"])):
-            lines.append(f"| {LABELS[c['init']]} | {c['fold']} | {100 * c['dice']:.2f} | {100 * c['aji']:.2f} |")
+    lines += _per_cell_table(cells, inits)
     target = REPO_ROOT / report_to
     _plot(cells, inits, fractions, target / f"{name}.png", f"{name}: AJI vs labels")
     lines += ["", f"![AJI against label fraction]({name}.png)", ""]

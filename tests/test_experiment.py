@@ -86,3 +86,19 @@ def test_report_under_another_name(grid, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["variant.md", "variant.png"]
     assert (tmp_path / "variant.md").read_text().startswith("# Experiment results: `tiny` preset (variant)")
+
+
+def test_report_lists_every_cell_with_its_thresholds_and_worst_tile(grid):
+    out, docs, _ = grid
+    report = (docs / "tiny.md").read_text()
+    table = report.split("## Table 4 ")[1].split("\n\n")[1]
+    rows = [line.split("|")[1:-1] for line in table.splitlines()[2:]]
+    assert [row[0].strip() for row in rows] == ["Scratch", "SSL (L_ST + L_CR)"]
+    for row, cell in zip(rows, ["scratch_f100_s0", "ssl_f100_s0"]):
+        stored = json.loads((out / "cells" / cell / "models" / "model.postprocess.json").read_text())
+        per_tile = (out / "cells" / cell / "eval" / "metrics.csv").read_text().splitlines()[1:]
+        worst = min(per_tile, key=lambda line: float(line.split(",")[1]))
+        assert row[7].strip() == f"{stored['body_threshold']}/{stored['foreground_threshold']}"
+        assert row[6].strip() == f"{100 * stored['chosen_by']['score_of_defaults']:.2f}"
+        assert row[8].strip().startswith(worst.split(",")[0] + " (")
+    assert "Worst validation tile over all cells: " in report
