@@ -142,14 +142,18 @@ def finetune_schedule(preset: dict) -> dict:
     return {"max_epochs": epochs, "val_interval": max(1, epochs // preset["validations"])}
 
 
-def pretrained_encoder(init: str, seed: int, preset: dict, dataset_dir: Path, out: Path) -> Path:
-    """Pretrain once per (init, seed); return the encoder file (reused when it exists)."""
-    root = out / "pretrain" / f"{init}_s{seed}"
+def pretrained_encoder(init: str, seed: int, preset: dict, source: Path, out: Path, fold: int | None = None) -> Path:
+    """Pretrain once per (init, seed, fold); return the encoder file (reused when it exists).
+
+    ``source`` is the prepared folder, or in cross-validation the fold's datalist: pretraining
+    reads its training (and unlabelled) tiles only, so a fold's held-out tiles are never seen.
+    """
+    root = out / "pretrain" / (f"{init}_s{seed}" + (f"_fold{fold}" if fold is not None else ""))
     encoder = root / "models" / "pretrained_encoder.pt"
     if not encoder.is_file():
         extra_configs, overrides = PRETRAININGS[init]
         start = time.time()
-        bundle_run(["pretrain.json", *extra_configs], root / "log.txt", bundle_root=str(root), dataset_dir=str(dataset_dir),
+        bundle_run(["pretrain.json", *extra_configs], root / "log.txt", bundle_root=str(root), dataset_dir=str(source),
                    seed=seed, **preset["common"], **preset["pretrain"], **overrides)
         (root / "timing.json").write_text(json.dumps({"seconds": time.time() - start}))
     return encoder
@@ -162,15 +166,18 @@ def source_version() -> str:
 
 
 def run_cell(init: str, fraction: float, seed: int, preset: dict, dataset_dir: Path, datalist: Path, out: Path,
-             cell_name: str, imagenet_weights: str | None) -> dict:
-    """Fine-tune and evaluate one cell (skipped when its summary exists); return the summary."""
+             cell_name: str, imagenet_weights: str | None, fold: int | None = None) -> dict:
+    """Fine-tune and evaluate one cell (skipped when its summary exists); return the summary.
+
+    ``fold`` is the cross-validation fold whose ``datalist`` this is (None: the prepared split).
+    """
     root = out / "cells" / cell_name
     summary_path = root / "eval" / "metrics_summary.json"
     if summary_path.is_file():
         return json.loads(summary_path.read_text())
     start, version = time.time(), source_version()
     init_args = {"init": "scratch"} if init == "scratch" else {"init": "imagenet", "init_weights": imagenet_weights} \
-        if init == "imagenet" else {"init": "ssl", "init_weights": str(pretrained_encoder(init, seed, preset, dataset_dir, out))}
+        if init == "imagenet" else {"init": "ssl", "init_weights": str(pretrained_encoder(init, seed, preset, dataset_dir if fold is None else datalist, out, fold))}
     pretrain_seconds = time.time() - start
     common = {"bundle_root": str(root), "dataset_dir": str(dataset_dir), "datalist_path": str(datalist), "seed": seed, **preset["common"]}
     bundle_run(["train.json"], root / "train_log.txt", **common, **preset["train"], **finetune_schedule(preset),
@@ -227,7 +234,8 @@ def run(preset: str = "cpu", data: str = "../shared/data/monuseg/train", out: st
     for number, (seed, fold, fraction, init) in enumerate(grid, 1):
         cell_name = f"{init}_f{round(fraction * 100)}_s{seed}" + (f"_fold{fold}" if folds else "")
         print(f"[{number}/{len(grid)}] {cell_name}", flush=True)
-        summary = run_cell(init, fraction, seed, spec, dataset_dir, datalists[fold], out_dir, cell_name, imagenet_weights)
+        summary = run_cell(init, fraction, seed, spec, dataset_dir, datalists[fold], out_dir, cell_name, imagenet_weights,
+                           fold if folds else None)
         print(f"    AJI {summary['aji']:.4f} Dice {summary['dice']:.4f}", flush=True)
     elapsed = json.loads((out_dir / "wall.json").read_text())["seconds"] if (out_dir / "wall.json").is_file() else 0.0
     (out_dir / "wall.json").write_text(json.dumps({"seconds": elapsed + time.time() - started, "command": " ".join(sys.argv)}))
@@ -308,6 +316,7 @@ def _pretraining_table(out_dir: Path) -> list[str]:
     runs = []
     for root in sorted((out_dir / "pretrain").glob("*_s*")):
         init, seed = root.name.rsplit("_s", 1)
+        seed = seed.replace("_fold", ", fold ")
         if init in LABELS and (root / "models" / "pretrained_encoder.pt").is_file():
             timing = root / "timing.json"
             minutes = f"{json.loads(timing.read_text())['seconds'] / 60:.1f}" if timing.is_file() else "–"

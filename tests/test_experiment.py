@@ -102,3 +102,20 @@ def test_report_lists_every_cell_with_its_thresholds_and_worst_tile(grid):
         assert row[6].strip() == f"{100 * stored['chosen_by']['score_of_defaults']:.2f}"
         assert row[8].strip().startswith(worst.split(",")[0] + " (")
     assert "Worst validation tile over all cells: " in report
+
+
+def test_cross_validation_pretrains_each_fold_on_its_own_training_tiles(tmp_path, synthetic_dir):
+    args = ["run", "--preset", "tiny", "--data", str(synthetic_dir), "--out", str(tmp_path), "--inits", "ssl", "--fractions", "1.0",
+            "--seeds", "0", "--folds", "2", "--report_to", str(tmp_path / "docs")]
+    result = subprocess.run(RUNNER + args, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    for fold in (0, 1):
+        datalist = json.loads((tmp_path / "folds" / f"datalist_fold{fold}.json").read_text())
+        log = (tmp_path / "pretrain" / f"ssl_s0_fold{fold}" / "log.txt").read_text()
+        # the pretraining datalist is the fold's: its training tiles, never its held-out ones
+        assert f"datalist_fold{fold}.json" in log
+        assert (tmp_path / "pretrain" / f"ssl_s0_fold{fold}" / "models" / "pretrained_encoder.pt").is_file()
+        train_log = (tmp_path / "cells" / f"ssl_f100_s0_fold{fold}" / "train_log.txt").read_text()
+        assert f"ssl_s0_fold{fold}/models/pretrained_encoder.pt" in train_log
+        assert len(datalist["validation"]) >= 1
+    assert "| SSL (L_ST + L_CR) | 0, fold 1 |" in (tmp_path / "docs" / "tiny.md").read_text()
