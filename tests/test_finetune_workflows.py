@@ -127,7 +127,7 @@ def test_inference_and_evaluation_use_the_thresholds_stored_with_the_model(train
     # nuclei must cover 10^9 pixels: none is kept, at inference and at evaluation
     settings.write_text(json.dumps({"min_nucleus_area": 10**9}))
     assert infer(tmp_path / "none") == [0]
-    result = run_bundle(["train.json", "evaluate.json"], cwd=tmp_path, bundle_root=str(tmp_path), dataset_dir=str(prepared), **TINY)
+    result = run_bundle(["train.json", "evaluate.json"], cwd=tmp_path, bundle_root=str(tmp_path), dataset_dir=str(prepared), tta=True, **TINY)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "eval" / "metrics_summary.json").read_text())["n_pred"] == 0
     # a value given on the command line wins over the stored one
