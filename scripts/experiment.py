@@ -13,7 +13,8 @@ overrides. Finished steps are skipped on a rerun (their output files exist), so 
 interrupted grid resumes where it stopped. Fine-tuning runs a fixed number of optimiser
 steps whatever the label fraction (epochs are derived), so fractions differ only in data.
 ``report`` writes ``docs/results/<preset>.md`` (tables shaped like the paper's Tables 1-4)
-and ``docs/results/<preset>.png`` (AJI against label fraction per initialisation).
+and ``docs/results/<preset>.png`` (AJI against label fraction per initialisation), and
+appends ``docs/results/<preset>_reading.md`` (notes written by hand) when it exists.
 
 The steps read ``configs/`` and ``bundle/`` of this checkout when they start, and each cell
 records the commit it ran on (``git describe --dirty``); the report lists them. To keep
@@ -393,6 +394,9 @@ def report(preset: str = "cpu", out: str | None = None, report_to: str = "docs/r
     target = REPO_ROOT / report_to
     _plot(cells, inits, fractions, target / f"{name}.png", f"{name}: AJI vs labels")
     lines += ["", f"![AJI against label fraction]({name}.png)", ""]
+    reading = target / f"{name}_reading.md"  # hand-written notes survive a regenerated report
+    if reading.is_file():
+        lines += [reading.read_text().rstrip(), ""]
     with atomic_path(target / f"{name}.md") as tmp:
         tmp.write_text("\n".join(lines))
     print(f"report written to {target / f'{name}.md'}")

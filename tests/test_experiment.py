@@ -79,13 +79,16 @@ def test_tail_means_average_the_last_quarter_of_each_series():
     assert tail_means(series) == {"loss": 6.5, "acc": 0.5}  # steps 6 and 7; a single point is its own tail
 
 
-def test_report_under_another_name(grid, tmp_path):
+def test_report_under_another_name_keeps_the_hand_written_reading(grid, tmp_path):
     out, _, _ = grid
+    (tmp_path / "variant_reading.md").write_text("## Reading\n- written by hand\n")
     result = subprocess.run(RUNNER + ["report", "--preset", "tiny", "--out", str(out), "--report_to", str(tmp_path), "--name", "variant"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["variant.md", "variant.png"]
-    assert (tmp_path / "variant.md").read_text().startswith("# Experiment results: `tiny` preset (variant)")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["variant.md", "variant.png", "variant_reading.md"]
+    report = (tmp_path / "variant.md").read_text()
+    assert report.startswith("# Experiment results: `tiny` preset (variant)")
+    assert report.rstrip().endswith("## Reading\n- written by hand")
 
 
 def test_report_lists_every_cell_with_its_thresholds_and_worst_tile(grid):
