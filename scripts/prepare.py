@@ -122,6 +122,9 @@ def prepare(
         raise ValueError(f"labels must be one of {sorted(LABEL_POLICIES)}, got {labels!r}")
     fractions = _as_fractions(fractions)
     out = Path(out)
+    overlaps = output_overlaps(out, [Path(src)] + ([Path(test_src)] if test_src is not None else []))
+    if overlaps:
+        _fail(overlaps)
     try:
         train_inventory = find_sources(Path(src), labels)
         test_inventory = find_sources(Path(test_src), labels) if test_src is not None else None
@@ -142,6 +145,18 @@ def prepare(
         tmp.write_text(json.dumps(datalist, indent=2) + "\n")
     _print_outcome(datalist, datalist_path)
     return str(datalist_path)
+
+
+def output_overlaps(out: Path, inputs: list[Path]) -> list[str]:
+    """Messages for each input folder that ``out`` is, lies in, or holds: writing there could replace an input."""
+    target = out.resolve()
+    problems = []
+    for folder in inputs:
+        source = folder.resolve()
+        if target == source or source in target.parents or target in source.parents:
+            problems.append(f"{out}: the output folder overlaps the input folder {folder}; "
+                            "choose an output folder outside it (inputs are never written over)")
+    return problems
 
 
 def find_sources(folder: Path, labels: str) -> Inventory:

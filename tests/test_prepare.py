@@ -228,6 +228,24 @@ def test_prepare_reports_an_image_without_label_and_exits_1(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("out_of", [lambda src: src, lambda src: src / "prepared", lambda src: src.parent])
+def test_prepare_refuses_an_output_folder_that_overlaps_the_input(tmp_path, capsys, out_of):
+    src = tmp_path / "src"
+    make_monuseg_folder(src)
+    before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    err = prepare_failure(capsys, src=str(src), out=str(out_of(src)))
+    assert "overlaps the input folder" in err and str(src) in err
+    assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before  # no input rewritten, nothing added
+
+
+def test_prepare_refuses_an_output_folder_inside_test_src(tmp_path, capsys):
+    src, test_src = tmp_path / "src", tmp_path / "test"
+    make_monuseg_folder(src)
+    make_monuseg_folder(test_src, 2, first_seed=10)
+    err = prepare_failure(capsys, src=str(src), test_src=str(test_src), out=str(test_src / "out"))
+    assert f"overlaps the input folder {test_src}" in err and not (test_src / "out").exists()
+
+
 def test_prepare_allow_unlabelled_lists_them_apart(tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
     make_monuseg_folder(src)
