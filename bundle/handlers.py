@@ -1,4 +1,4 @@
-"""Ignite handlers of the bundle: checkpoints that survive a kill, resume lookup, per-epoch seeding,
+"""Ignite handlers of the bundle: checkpoints that survive a kill, resume lookup (checked files), per-epoch seeding,
 encoder export, stop on a non-finite loss, metric files."""
 
 import csv
@@ -6,8 +6,7 @@ import json
 import logging
 import math
 import re
-import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ from monai.utils import CommonKeys, convert_to_numpy, set_determinism
 from torch import nn
 
 from bundle.atomic import atomic_path
+from bundle.checkpoints import CheckpointError, load_checkpoint
 from bundle.metrics import nuclei_metrics
 
 logger = logging.getLogger(__name__)
@@ -27,18 +27,22 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"checkpoint_epoch=(\d+)\.pt$")
 
 
-def latest_checkpoint(folder: str | Path) -> str | None:
-    """Path of the highest-epoch complete ``checkpoint_epoch=N.pt`` in ``folder`` (MONAI ``CheckpointSaver`` names), or None.
+def latest_checkpoint(folder: str | Path, required_keys: Sequence[str] = ()) -> str | None:
+    """Path of the highest-epoch usable ``checkpoint_epoch=N.pt`` in ``folder`` (MONAI ``CheckpointSaver`` names), or None.
 
-    ``torch.save`` writes zip archives; a file that is not one (cut short by a kill or a full
-    disk, or overwritten) is skipped with a logged warning naming it, and the next lower
+    Each candidate is checked with :func:`bundle.checkpoints.load_checkpoint` (an intact zip
+    whose members pass their CRC-32, a tensor-only dict holding ``required_keys``); a file
+    that fails (cut short by a kill or a full disk, damaged, pickled objects, another kind of
+    file) is skipped with a logged warning naming it and the problem, and the next lower
     epoch is tried, so a resume never stops on, or silently loads, a broken newest file.
     """
     found = [(int(m.group(1)), p) for p in Path(folder).glob("*checkpoint_epoch=*.pt") if (m := CHECKPOINT_PATTERN.search(p.name))]
     for _, path in sorted(found, reverse=True):
-        if zipfile.is_zipfile(path):
+        try:
+            load_checkpoint(path, required_keys=required_keys, mmap=True)
             return str(path)
-        logger.warning("%s: not a complete checkpoint (not a zip archive: truncated or corrupt); skipping it", path)
+        except CheckpointError as error:
+            logger.warning("%s: not a complete checkpoint (%s); skipping it", path, error.problem)
     if found:
         logger.warning("%s: no complete checkpoint to resume from; starting from the beginning", folder)
     return None

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from monai.networks.nets import FlexibleUNet
 
+from bundle.checkpoints import CheckpointError, load_checkpoint
 from bundle.networks import segmentation_unet
 
 logger = logging.getLogger(__name__)
@@ -30,16 +31,16 @@ STAGE_BLOCK_KEY = re.compile(r"^layer([1-4])\.(\d+)\.")
 
 
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from ``path``: tensors only (``weights_only=True``), on the CPU."""
+    """A state dict from ``path``: tensors only (``weights_only=True``), on the CPU.
+
+    Raises ``FileNotFoundError`` or :class:`bundle.checkpoints.CheckpointError` (a ``ValueError``) naming the file.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: encoder weights file not found")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt or unsafe files
-        raise ValueError(f"{path}: not a loadable tensor-only checkpoint ({type(error).__name__}: {error})") from None
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path}: expected a state dict of tensors")
+    state = load_checkpoint(path)
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(path, "expected a state dict of tensors")
     return state
 
 

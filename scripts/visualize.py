@@ -33,6 +33,7 @@ from matplotlib.patches import Rectangle  # noqa: E402
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE  # noqa: E402
 
 from bundle.atomic import atomic_path  # noqa: E402
+from bundle.checkpoints import load_checkpoint  # noqa: E402
 from bundle.data import read_image  # noqa: E402
 from bundle.handlers import latest_checkpoint  # noqa: E402
 from bundle.initialization import describe_architecture  # noqa: E402
@@ -65,13 +66,9 @@ def checkpoint_file(checkpoint: str | Path) -> Path:
 
 def network_state(path: Path) -> dict[str, torch.Tensor]:
     """The TripletEncoderNet state dict under the key ``"network"`` of a pretraining checkpoint."""
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt or unsafe files
-        raise ValueError(f"{path}: not a loadable tensor-only checkpoint ({type(error).__name__}: {error})") from None
-    if not isinstance(checkpoint, dict) or "network" not in checkpoint:
-        keys = sorted(map(str, checkpoint)) if isinstance(checkpoint, dict) else type(checkpoint).__name__
-        raise ValueError(f"{path}: no 'network' entry (found {keys}); expected a checkpoint saved by configs/pretrain.json")
+    checkpoint = load_checkpoint(path)
+    if "network" not in checkpoint:
+        raise ValueError(f"{path}: no 'network' entry (found {sorted(map(str, checkpoint))}); expected a checkpoint saved by configs/pretrain.json")
     state = checkpoint["network"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: 'network' is not a state dict of tensors")

@@ -30,6 +30,7 @@ from monai.handlers import CheckpointLoader
 
 from bundle.data import DataFileError, read_aperio_xml, read_image, read_label, write_image, write_label
 from bundle.inference import SaveNucleiOutputsd, TileScreen
+from bundle.checkpoints import CheckedCheckpointLoader
 from bundle.initialization import load_weights
 from bundle.networks import TripletEncoderNet, segmentation_unet
 from bundle.wsi import load_network_weights
@@ -357,16 +358,20 @@ def test_every_loader_we_own_refuses_a_pickled_object(pickled_checkpoint):
         "bundle.wsi.load_network_weights": lambda: load_network_weights(TripletEncoderNet("resnet10"), path),
     }
     for name, load in loaders.items():
-        with pytest.raises(ValueError, match=r"checkpoint_epoch=1\.pt: (not a loadable tensor-only checkpoint|cannot load into the network) \(UnpicklingError: Weights only load failed"):
+        with pytest.raises(ValueError, match=r"checkpoint_epoch=1\.pt: holds Python objects other than tensors") as error:
             load()
+        assert "weights_only" not in str(error.value), f"{name} suggests unsafe loading"
         assert not marker.exists(), f"{name} ran code from the checkpoint"
 
 
-def test_monai_checkpoint_loader_refuses_a_pickled_object(pickled_checkpoint):
-    """MONAI's CheckpointLoader (resume, evaluation, inference) loads with weights_only=True itself."""
+@pytest.mark.parametrize("loader", [CheckpointLoader, CheckedCheckpointLoader])
+def test_checkpoint_loaders_of_the_workflows_refuse_a_pickled_object(pickled_checkpoint, loader):
+    """MONAI's CheckpointLoader loads with weights_only=True itself; the configs' checked one also names the file."""
     path, marker = pickled_checkpoint
     engine = Engine(lambda engine, batch: None)
-    CheckpointLoader(load_path=str(path), load_dict={"network": TripletEncoderNet("resnet10")}).attach(engine)
-    with pytest.raises(Exception, match="Weights only load failed"):
+    loader(load_path=str(path), load_dict={"network": TripletEncoderNet("resnet10")}).attach(engine)
+    with pytest.raises(Exception) as error:
         engine.run([0], max_epochs=1)
     assert not marker.exists()
+    if loader is CheckedCheckpointLoader:
+        assert str(error.value).startswith(f"{path}: holds Python objects") and "weights_only" not in str(error.value)

@@ -50,7 +50,7 @@ def test_describe_architecture(name):
 def test_pickled_objects_are_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"weights": torch.zeros(1), "payload": object()}, path)
-    with pytest.raises(ValueError, match=r"evil\.pt: not a loadable tensor-only checkpoint"):
+    with pytest.raises(ValueError, match=r"evil\.pt: holds Python objects other than tensors"):
         load_weights(path)
 
 

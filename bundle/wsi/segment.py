@@ -23,6 +23,7 @@ from ignite.handlers import Checkpoint
 from skimage.segmentation import relabel_sequential
 
 from bundle.atomic import atomic_path
+from bundle.checkpoints import CheckpointError, load_checkpoint
 from bundle.data import DataFileError, stem_of, write_image
 from bundle.targets import as_label_map
 from bundle.wsi.slide import level_downsample, level_shape, opened_slide, read_region
@@ -251,11 +252,11 @@ def load_network_weights(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: model weights file not found")
+    checkpoint = load_checkpoint(path, map_location)
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
         Checkpoint.load_objects(to_load={"network": network}, checkpoint=checkpoint, strict=True)
-    except Exception as error:  # torch and ignite raise several types for corrupt or mismatched files
-        raise ValueError(f"{path}: cannot load into the network ({type(error).__name__}: {error})") from None
+    except Exception as error:  # ignite and torch raise several types for mismatched weights
+        raise CheckpointError(path, f"cannot load into the network ({type(error).__name__}: {str(error).strip()[:300]})") from None
     return network
 
 

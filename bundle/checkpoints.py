@@ -1,0 +1,89 @@
+"""Checkpoint files read as untrusted data: every problem is reported with the file's name,
+and loading is always tensor-only (``weights_only=True``), never the unsafe fallback."""
+
+import pickle
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from monai.handlers import CheckpointLoader
+
+PICKLED_OBJECTS = "holds Python objects other than tensors and plain containers; refused, since unpickling them could run code"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be used; the message starts with its path."""
+
+    def __init__(self, path: str | Path, problem: str):
+        super().__init__(f"{path}: {problem}")
+        self.path, self.problem = Path(path), problem
+
+
+def _first_line(error: Exception) -> str:
+    """The first line of ``error``'s message: PyTorch appends advice to load unsafely after it."""
+    return (str(error).strip().splitlines() or [""])[0][:200]
+
+
+def archive_problem(path: str | Path) -> str | None:
+    """What makes ``path`` not an intact ``torch.save`` archive (missing, empty, not a zip,
+    a damaged member by its CRC-32, no ``data.pkl``), or None. Reads the file, loads nothing."""
+    path = Path(path)
+    if not path.is_file():
+        return "file not found"
+    if path.stat().st_size == 0:
+        return "empty file (0 bytes)"
+    if not zipfile.is_zipfile(path):
+        return "not a zip archive: truncated or corrupt"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            damaged = archive.testzip()  # CRC-32 of every member: catches bytes flipped inside a valid zip
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError) as error:
+        return f"damaged zip archive ({_first_line(error)})"
+    if damaged is not None:
+        return f"damaged: member {damaged} fails its CRC-32 check"
+    if not any(name.endswith("/data.pkl") or name == "data.pkl" for name in names):
+        return "a zip archive but not a PyTorch checkpoint (no data.pkl)"
+    return None
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", required_keys: Sequence[str] = (),
+                    mmap: bool = False) -> dict:
+    """The dict in checkpoint ``path``, loaded tensor-only; ``CheckpointError`` naming the file otherwise.
+
+    ``required_keys``: top-level keys the dict must hold (e.g. ``"network"``).
+    """
+    problem = archive_problem(path)
+    if problem:
+        raise CheckpointError(path, problem)
+    try:
+        content = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError:
+        raise CheckpointError(path, PICKLED_OBJECTS) from None
+    except Exception as error:  # torch raises several types for files it cannot read
+        raise CheckpointError(path, f"cannot be read ({type(error).__name__}: {_first_line(error)})") from None
+    if not isinstance(content, dict):
+        raise CheckpointError(path, f"holds a {type(content).__name__}, not a dict of weights")
+    missing = [key for key in required_keys if key not in content]
+    if missing:
+        raise CheckpointError(path, f"not a checkpoint of this workflow (no {', '.join(missing)} in it)")
+    return content
+
+
+class CheckedCheckpointLoader(CheckpointLoader):
+    """MONAI ``CheckpointLoader`` whose errors name the file and the problem.
+
+    The file is checked with :func:`load_checkpoint` first (memory-mapped, so the check costs
+    little), then loaded by MONAI; a checkpoint that does not fit ``load_dict`` (another
+    network, missing objects) is reported with its path instead of a bare key or shape error.
+    """
+
+    def __call__(self, engine) -> None:
+        load_checkpoint(self.load_path, mmap=True)
+        try:
+            super().__call__(engine)
+        except Exception as error:
+            raise CheckpointError(
+                self.load_path, f"does not fit this workflow's {', '.join(self.load_dict)} ({type(error).__name__}: {_first_line(error)})"
+            ) from None
