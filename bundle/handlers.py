@@ -6,6 +6,7 @@ import json
 import logging
 import math
 import re
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -48,6 +49,41 @@ def latest_checkpoint(folder: str | Path, required_keys: Sequence[str] = ()) -> 
     return None
 
 
+def set_aside_checkpoints(folder: str | Path) -> Path | None:
+    """Move an earlier run's ``checkpoint_epoch=N.pt`` files into ``folder/superseded_<UTC time>/``; return it, or None.
+
+    Called when a run starts over (``--resume False``): left in place, the older run's
+    checkpoints would be found by the next plain rerun, which would resume the older run.
+    They are moved, not deleted (the warning names the folder), and files another process
+    moved first are skipped.
+    """
+    found = [p for p in Path(folder).glob("*checkpoint_epoch=*.pt") if CHECKPOINT_PATTERN.search(p.name)]
+    if not found:
+        return None
+    target = Path(folder) / time.strftime("superseded_%Y%m%dT%H%M%SZ", time.gmtime())
+    target.mkdir(exist_ok=True)
+    for path in found:
+        try:
+            path.replace(target / path.name)
+        except FileNotFoundError:  # another rank of a multi-process run moved it
+            continue
+    logger.warning("%s: starting over, so the earlier run's %d checkpoint(s) were moved to %s", folder, len(found), target)
+    return target
+
+
+def prune_checkpoints(folder: str | Path, keep: int) -> list[Path]:
+    """Delete all but the ``keep`` highest-epoch ``checkpoint_epoch=N.pt`` files in ``folder``; return those deleted.
+
+    ignite's ``n_saved`` only counts the files of the running process, so without this every
+    kill and resume would leave one more checkpoint behind.
+    """
+    found = sorted((int(m.group(1)), p) for p in Path(folder).glob("*checkpoint_epoch=*.pt") if (m := CHECKPOINT_PATTERN.search(p.name)))
+    stale = [path for _, path in found[:-keep]] if keep > 0 else []
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return stale
+
+
 class AtomicDiskSaver(DiskSaver):
     """ignite ``DiskSaver`` that never leaves a run without a complete checkpoint on disk.
 
@@ -60,9 +96,10 @@ class AtomicDiskSaver(DiskSaver):
     picks and which may be deleted.
     """
 
-    def __init__(self, dirname: str | Path, filename: str | None = None):
+    def __init__(self, dirname: str | Path, filename: str | None = None, keep: int | None = None):
         super().__init__(dirname=dirname, require_empty=False, atomic=True)
         self.filename = filename  # fixed name (MONAI's key-metric/final savers), or None
+        self.keep = keep  # epoch checkpoints kept on disk across restarts (see prune_checkpoints), or None
         self._superseded: list[str] = []
 
     def __call__(self, checkpoint: Mapping, filename: str, metadata: Mapping | None = None) -> None:
@@ -73,6 +110,8 @@ class AtomicDiskSaver(DiskSaver):
             if name != path.name:
                 (self.dirname / name).unlink(missing_ok=True)
         self._superseded.clear()
+        if self.keep is not None and CHECKPOINT_PATTERN.search(path.name):
+            prune_checkpoints(self.dirname, self.keep)
 
     def remove(self, filename: str) -> None:
         self._superseded.append(self.filename or filename)
@@ -85,7 +124,8 @@ class AtomicCheckpointSaver(CheckpointSaver):
         super().__init__(*args, **kwargs)
         for checkpoint in (self._final_checkpoint, self._key_metric_checkpoint, self._interval_checkpoint):
             if checkpoint is not None:
-                checkpoint.save_handler = AtomicDiskSaver(self.save_dir, checkpoint.save_handler.filename)
+                keep = checkpoint.n_saved if checkpoint is self._interval_checkpoint else None
+                checkpoint.save_handler = AtomicDiskSaver(self.save_dir, checkpoint.save_handler.filename, keep)
 
     def state_dict(self) -> dict:
         """The best-score tracker (ignite's ``(priority, filename)`` list) of the key-metric file, for a training checkpoint.

@@ -8,7 +8,15 @@ from ignite.engine import Engine
 from monai.data import DataLoader, Dataset
 from monai.transforms import Compose, RandFlipd, RandShiftIntensityd
 
-from bundle.handlers import AtomicCheckpointSaver, EpochSeeder, StopOnNonFiniteLoss, epoch_seed, latest_checkpoint
+from bundle.handlers import (
+    AtomicCheckpointSaver,
+    AtomicDiskSaver,
+    EpochSeeder,
+    StopOnNonFiniteLoss,
+    epoch_seed,
+    latest_checkpoint,
+    set_aside_checkpoints,
+)
 
 
 @pytest.mark.parametrize("decollated", [False, True])
@@ -170,3 +178,26 @@ def test_best_model_saver_state_keeps_a_better_earlier_model_after_a_resume(tmp_
     resumed.state.epoch, resumed.state.iteration, resumed.state.epoch_length = 2, 2, 1
     resumed.run(range(1), max_epochs=3)  # epoch 3 scores 1 again: not higher, so the epoch-1 model stays
     assert torch.load(tmp_path / "model.pt", weights_only=True)["network"]["weight"].item() == 1.0
+
+
+def test_epoch_checkpoints_of_earlier_processes_count_towards_n_saved(tmp_path):
+    for epoch in (1, 2, 3):  # left by runs that were killed and resumed
+        torch.save({"epoch": epoch}, tmp_path / f"checkpoint_epoch={epoch}.pt")
+    torch.save({}, tmp_path / "model.pt")
+    AtomicDiskSaver(tmp_path, keep=1)({"epoch": 4}, "checkpoint_epoch=4.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=4.pt", "model.pt"]
+    AtomicDiskSaver(tmp_path, filename="model.pt")({"best": 1}, "ignored.pt")  # fixed-name savers prune nothing
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=4.pt", "model.pt"]
+
+
+def test_set_aside_checkpoints_moves_an_earlier_runs_files_and_keeps_the_rest(tmp_path, caplog):
+    assert set_aside_checkpoints(tmp_path) is None
+    for epoch in (2, 4):
+        torch.save({"epoch": epoch}, tmp_path / f"checkpoint_epoch={epoch}.pt")
+    torch.save({}, tmp_path / "model.pt")
+    with caplog.at_level(logging.WARNING, logger="bundle.handlers"):
+        target = set_aside_checkpoints(tmp_path)
+    assert target.parent == tmp_path and target.name.startswith("superseded_")
+    assert sorted(p.name for p in target.iterdir()) == ["checkpoint_epoch=2.pt", "checkpoint_epoch=4.pt"]
+    assert latest_checkpoint(tmp_path) is None and (tmp_path / "model.pt").is_file()
+    assert f"moved to {target}" in caplog.records[-1].getMessage()

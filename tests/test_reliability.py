@@ -72,6 +72,8 @@ def assert_resumed_like_reference(workflow: Workflow, reference: tuple[Workflow,
     assert resumed_lines and all(epoch > resumed_from for epoch, _ in resumed_lines)
     assert resumed_lines == {key: value for key, value in stats_lines(reference_log).items() if key[0] > resumed_from}
     assert_same_state(reference_workflow.final_checkpoint(), workflow.final_checkpoint())
+    kept = list(workflow.ckpt_dir.glob("checkpoint_epoch=*.pt"))
+    assert len(kept) == 1, f"n_saved is 1 across restarts, found {sorted(p.name for p in kept)}"
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -217,3 +219,22 @@ def test_resume_false_starts_over(tmp_path, synthetic_dir):
     status, log = workflow.run()
     assert status == 0, log[-3000:]
     assert "Restored all variables" not in log and "Epoch[1] Complete" in log
+
+
+def test_a_fresh_start_sets_the_earlier_runs_checkpoints_aside(tmp_path, synthetic_dir):
+    """After ``--resume False``, a plain rerun resumes the fresh run, not the older one it replaced."""
+    workflow = pretrain_workflow(tmp_path, synthetic_dir)
+    workflow.overrides.update(max_epochs=2, checkpoint_interval=1)
+    assert workflow.run()[0] == 0
+    assert (workflow.ckpt_dir / "checkpoint_epoch=2.pt").is_file()
+    workflow.overrides.update(resume=False, max_epochs=1)
+    status, log = workflow.run()
+    assert status == 0, log[-3000:]
+    assert "starting over, so the earlier run's 1 checkpoint(s) were moved to" in log
+    assert sorted(p.name for p in workflow.ckpt_dir.glob("checkpoint_epoch=*.pt")) == ["checkpoint_epoch=1.pt"]
+    assert [p.name for p in workflow.ckpt_dir.glob("superseded_*/*")] == ["checkpoint_epoch=2.pt"]
+    workflow.overrides.update(resume=True, max_epochs=2)
+    status, log = workflow.run()
+    assert status == 0, log[-3000:]
+    assert f"Restored all variables from {workflow.ckpt_dir / 'checkpoint_epoch=1.pt'}" in log
+    assert "SupervisedTrainer - INFO - Epoch[2] Complete" in log
