@@ -152,6 +152,7 @@ def _files_by_stem(folder: Path, suffixes: Sequence[str]) -> tuple[dict[str, Pat
     if not folder.is_dir():
         raise DataFileError(folder, "folder not found")
     found: dict[str, Path] = {}
+    by_folded_stem: dict[str, Path] = {}  # X.tif and x.TIF collide on case-insensitive file systems
     ignored: list[Path] = []
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or not path.is_file():
@@ -160,7 +161,7 @@ def _files_by_stem(folder: Path, suffixes: Sequence[str]) -> tuple[dict[str, Pat
             ignored.append(path)
             continue
         stem = stem_of(path)
-        if stem in found:
-            raise DataFileError(path, f"shares its stem with {found[stem]}; keep one")
-        found[stem] = path
+        if stem.casefold() in by_folded_stem:
+            raise DataFileError(path, f"shares its stem with {by_folded_stem[stem.casefold()]} (ignoring case); keep one")
+        found[stem] = by_folded_stem[stem.casefold()] = path
     return found, ignored

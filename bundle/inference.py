@@ -21,8 +21,8 @@ class TileScreen:
 
     Decoding twice costs a few tens of milliseconds per tile, against seconds of network
     time, and keeps the data loader free of failure handling. A tile whose file stem
-    repeats an earlier tile's (``a/x.tif`` and ``b/x.tif``, or ``x.tif`` and ``x.png``) is
-    skipped too: its outputs, named after the stem, would overwrite the other's. Call
+    repeats an earlier tile's, ignoring case (``a/x.tif`` and ``b/x.tif``, ``x.tif`` and
+    ``x.png``, ``X.tif`` and ``x.TIF``) is skipped too: its outputs, named after the stem, would overwrite the other's. Call
     :meth:`exit_status` at the end of the run: non-zero when any tile failed.
     """
 
@@ -34,12 +34,13 @@ class TileScreen:
         good, stems = [], {}
         for item in items:
             path = str(item[key])
+            stem = stem_of(path).casefold()  # Z.tif and z.TIF collide on case-insensitive file systems
             try:
-                if stem_of(path) in stems:
-                    raise DataFileError(path, f"same file stem as {stems[stem_of(path)]}: their outputs would overwrite each other")
+                if stem in stems:
+                    raise DataFileError(path, f"same file stem as {stems[stem]}: their outputs would overwrite each other")
                 read_image(path, self.max_pixels)
                 good.append(item)
-                stems[stem_of(path)] = path
+                stems[stem] = path
             except (DataFileError, OSError, ValueError) as error:
                 message = str(error) if str(error).startswith(path) else f"{path}: {error}"
                 self.failures[path] = message

@@ -249,6 +249,16 @@ def test_tile_screen_skips_bad_and_duplicate_tiles_and_lists_each(tmp_path):
     ]
 
 
+def test_tile_screen_treats_stems_case_insensitively(tmp_path):
+    """``Z.tif`` and ``z.TIF`` would write ``Z_instances.tif`` and ``z_instances.tif``: one file on macOS and Windows."""
+    write_image(tmp_path / "Z.tif", random_rgb())
+    write_image(tmp_path / "z.TIF", random_rgb())
+    screen = TileScreen()
+    items = [{"image": str(tmp_path / name)} for name in ("Z.tif", "z.TIF")]
+    assert screen.readable(items) == items[:1]
+    assert screen.failures == {str(tmp_path / "z.TIF"): f"{tmp_path / 'z.TIF'}: same file stem as {tmp_path / 'Z.tif'}: their outputs would overwrite each other"}
+
+
 # ----------------------------------------------------------------------------- command lines
 
 

@@ -180,6 +180,14 @@ def test_pair_images_and_labels_refuses_two_files_with_one_stem(tmp_path):
         pair_images_and_labels(tmp_path / "images", tmp_path / "images")
 
 
+def test_pair_images_and_labels_refuses_stems_that_differ_only_in_case(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "Z.tif").touch()
+    (tmp_path / "images" / "z.TIF").touch()
+    with pytest.raises(DataFileError, match=r"z\.TIF: shares its stem with .*Z\.tif \(ignoring case\)"):
+        pair_images_and_labels(tmp_path / "images", tmp_path / "images")
+
+
 def test_pair_images_and_labels_refuses_a_missing_folder(tmp_path):
     (tmp_path / "images").mkdir()
     with pytest.raises(DataFileError, match="missing: folder not found"):

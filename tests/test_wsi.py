@@ -40,6 +40,7 @@ from bundle.wsi import (
     resolve_backend,
     sample_slide_tiles,
     segment_slide,
+    segment_slides,
     slide_paths,
     tile_core,
     tile_grid,
@@ -351,6 +352,19 @@ def test_memory_stays_bounded_by_the_tile_on_a_large_slide(tmp_path):
         tracemalloc.stop()
     assert summary["nuclei"] > 50 and summary["tiles"] < summary["tiles_total"] // 10
     assert peak < 0.1 * full_size, f"peak {peak / 2**20:.1f} MiB for a {full_size / 2**20:.0f} MiB slide"
+
+
+def test_segment_slides_skips_a_slide_whose_stem_repeats_another_ignoring_case(tmp_path):
+    rgb = synthesize_tile((256, 256), seed=3)[0]
+    write_pyramid(tmp_path / "Z.tif", rgb, levels=1)
+    write_pyramid(tmp_path / "z.TIF", rgb, levels=1)
+    with pytest.raises(SystemExit) as exit_info:
+        segment_slides([tmp_path / "Z.tif", tmp_path / "z.TIF"], lambda tile: np.zeros(tile.shape[1:], np.int32), tmp_path / "out",
+                       tile_size=128, overlap=32, overview_max_side=128)
+    assert str(exit_info.value).splitlines()[1:] == [
+        f"  {tmp_path / 'z.TIF'}: same file stem as {tmp_path / 'Z.tif'}: their outputs would overwrite each other"]
+    written = [p.name for p in (tmp_path / "out").iterdir()]
+    assert written and all(name.startswith("Z") for name in written)
 
 
 # ----------------------------------------------------------------------------- pretraining tiles

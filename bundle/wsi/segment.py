@@ -222,9 +222,13 @@ def segment_slides(
     Raises:
         SystemExit: after the other slides, listing the slides that could not be read.
     """
-    summaries, failures = [], {}
+    summaries, failures, stems = [], {}, {}
     for slide in slides:
+        stem = stem_of(slide).casefold()  # outputs are named after the stem, on file systems that may ignore case
         try:
+            if stem in stems:
+                raise DataFileError(slide, f"same file stem as {stems[stem]}: their outputs would overwrite each other")
+            stems[stem] = slide
             summaries.append(segment_slide(slide, predict_tile, output_dir, **options))
         except DataFileError as error:
             failures[str(slide)] = str(error)
