@@ -417,6 +417,8 @@ def _require_nonempty(path: Path) -> None:
     try:
         size = path.stat().st_size
     except OSError as err:
+        if path.is_symlink():
+            raise DataFileError(path, "symbolic link that does not resolve (a link loop or a missing target)") from err
         raise DataFileError(path, f"cannot read: {err}") from err
     if size == 0:
         raise DataFileError(path, "empty file (0 bytes)")

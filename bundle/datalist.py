@@ -155,7 +155,7 @@ def _files_by_stem(folder: Path, suffixes: Sequence[str]) -> tuple[dict[str, Pat
     by_folded_stem: dict[str, Path] = {}  # X.tif and x.TIF collide on case-insensitive file systems
     ignored: list[Path] = []
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
+        if path.name.startswith(".") or not (path.is_file() or path.is_symlink()):  # a broken link is read, and reported, later
             continue
         if suffix_of(path) not in suffixes:
             ignored.append(path)

@@ -20,8 +20,9 @@ def _items_from_datalist(path: Path, sections: tuple[str, ...]) -> list[dict[str
 
 def _items_from_folder(folder: Path) -> list[dict[str, str]]:
     images_dir = folder / "images" if (folder / "images").is_dir() else folder
-    files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    return [{"image": str(p.resolve())} for p in files]
+    # a link that does not resolve is kept, so that the tile screen lists it as unreadable
+    files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink()))
+    return [{"image": str(p.resolve() if p.exists() else p.absolute())} for p in files]
 
 
 def image_items(source: str | Path, sections: tuple[str, ...] | list[str]) -> list[dict[str, str]]:

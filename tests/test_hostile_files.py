@@ -263,7 +263,7 @@ def test_tile_screen_treats_stems_case_insensitively(tmp_path):
 
 
 def make_source_folder(src: Path) -> list[str]:
-    """A MoNuSeg-style folder: one good tile and seven broken ones; returns the expected error fragments."""
+    """A MoNuSeg-style folder: one good tile and eight broken ones; returns the expected error fragments."""
     for sub in ("images", "masks", "annotations"):
         (src / sub).mkdir(parents=True)
     label = np.zeros((32, 32), np.uint16)
@@ -283,7 +283,10 @@ def make_source_folder(src: Path) -> list[str]:
     write_label(src / "masks" / "huge.png", label)
     tifffile.imwrite(src / "images" / "nan.tif", np.full((32, 32, 3), np.nan, np.float32), photometric="rgb")
     write_label(src / "masks" / "nan.png", label)
+    (src / "images" / "loop.tif").symlink_to(src / "images" / "loop.tif")
+    write_label(src / "masks" / "loop.png", label)
     return [
+        "loop.tif: symbolic link that does not resolve (a link loop or a missing target)",
         "bomb.xml: forbidden XML construct",
         "size.tif: image is 32x32 but its label",
         "negative.tif: negative ids in label map",
@@ -315,14 +318,16 @@ def test_tile_inference_cli_reports_bad_tiles_and_writes_the_others(tmp_path):
     (tiles / "empty.tif").touch()
     tiff_claiming(tiles / "huge.tif", HUGE, HUGE, rgb=True)
     tifffile.imwrite(tiles / "nan.tif", np.full((64, 64, 3), np.nan, np.float32), photometric="rgb")
+    (tiles / "loop.tif").symlink_to(tiles / "loop.tif")
     (tmp_path / "models").mkdir()
     torch.save({"network": segmentation_unet("resnet10", out_channels=3).state_dict()}, tmp_path / "models" / "model.pt")
     command = bundle_command(["inference.json"], bundle_root=str(tmp_path), dataset_dir=str(tiles), output_dir=str(out), backbone="resnet10", roi_size=64)
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=single_thread_env())
     log = result.stdout + result.stderr
     assert result.returncode != 0 and "Traceback" not in log, log[-3000:]
-    assert "4 tile(s) could not be read" in log
-    for fragment in ("good tile.tif: same file stem as", "empty.tif: empty file", "huge.tif: header claims", "nan.tif: float image with"):
+    assert "5 tile(s) could not be read" in log
+    for fragment in ("good tile.tif: same file stem as", "empty.tif: empty file", "huge.tif: header claims", "nan.tif: float image with",
+                     "loop.tif: symbolic link that does not resolve"):
         assert sum(fragment in line and line.startswith("  ") for line in log.splitlines()) == 1, fragment
     assert sorted(p.name for p in out.iterdir()) == ["good tile.geojson", "good tile_instances.tif", "good tile_nuclei.csv", "good tile_overlay.png"]
 
