@@ -71,14 +71,18 @@ def set_aside_checkpoints(folder: str | Path) -> Path | None:
     return target
 
 
-def prune_checkpoints(folder: str | Path, keep: int) -> list[Path]:
-    """Delete all but the ``keep`` highest-epoch ``checkpoint_epoch=N.pt`` files in ``folder``; return those deleted.
+def prune_checkpoints(folder: str | Path, keep: int, written: str | Path) -> list[Path]:
+    """Delete older ``checkpoint_epoch=N.pt`` files in ``folder`` so that ``keep`` remain up to ``written``
+    (the file just saved, always kept); return those deleted.
 
     ignite's ``n_saved`` only counts the files of the running process, so without this every
-    kill and resume would leave one more checkpoint behind.
+    kill and resume would leave one more checkpoint behind. Files of a higher epoch than
+    ``written`` are left alone: not this run's to judge (a broken one is skipped on resume).
     """
-    found = sorted((int(m.group(1)), p) for p in Path(folder).glob("*checkpoint_epoch=*.pt") if (m := CHECKPOINT_PATTERN.search(p.name)))
-    stale = [path for _, path in found[:-keep]] if keep > 0 else []
+    newest = int(CHECKPOINT_PATTERN.search(Path(written).name).group(1))
+    older = sorted((int(m.group(1)), p) for p in Path(folder).glob("*checkpoint_epoch=*.pt")
+                   if (m := CHECKPOINT_PATTERN.search(p.name)) and int(m.group(1)) < newest)
+    stale = [path for _, path in older[: max(0, len(older) - (keep - 1))]]
     for path in stale:
         path.unlink(missing_ok=True)
     return stale
@@ -111,7 +115,7 @@ class AtomicDiskSaver(DiskSaver):
                 (self.dirname / name).unlink(missing_ok=True)
         self._superseded.clear()
         if self.keep is not None and CHECKPOINT_PATTERN.search(path.name):
-            prune_checkpoints(self.dirname, self.keep)
+            prune_checkpoints(self.dirname, self.keep, path)
 
     def remove(self, filename: str) -> None:
         self._superseded.append(self.filename or filename)

@@ -184,6 +184,10 @@ def test_epoch_checkpoints_of_earlier_processes_count_towards_n_saved(tmp_path):
     for epoch in (1, 2, 3):  # left by runs that were killed and resumed
         torch.save({"epoch": epoch}, tmp_path / f"checkpoint_epoch={epoch}.pt")
     torch.save({}, tmp_path / "model.pt")
+    (tmp_path / "checkpoint_epoch=9.pt").write_bytes(b"junk of a higher epoch")
+    AtomicDiskSaver(tmp_path, keep=2)({"epoch": 4}, "checkpoint_epoch=4.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=3.pt", "checkpoint_epoch=4.pt", "checkpoint_epoch=9.pt", "model.pt"]
+    (tmp_path / "checkpoint_epoch=9.pt").unlink()
     AtomicDiskSaver(tmp_path, keep=1)({"epoch": 4}, "checkpoint_epoch=4.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=4.pt", "model.pt"]
     AtomicDiskSaver(tmp_path, filename="model.pt")({"best": 1}, "ignored.pt")  # fixed-name savers prune nothing
