@@ -46,7 +46,8 @@ PRESETS = {
     "paper": {
         "about": "ResNet-101, batches of 16 crops of 512 px at 40x from 16 distinct tiles, 6000 steps with warm-up and "
         "cosine decay; for GPUs",
-        "common": {"backbone": "resnet101", "num_workers": 8, "val_roi_size": 1024, "sw_batch_size": 1},
+        "common": {"backbone": "resnet101", "num_workers": 8},
+        "evaluation": {"val_roi_size": 1024, "sw_batch_size": 1},
         "pretrain": {"crop_size": 768, "batch_size": 4, "triplets_per_epoch": 120, "max_epochs": 100, "checkpoint_interval": 10},
         "train": {"crop_size": 512, "batch_size": 16, "crops_per_tile": 1, "epoch_steps": 100, "learning_rate": 0.001,
                   "checkpoint_interval": 5},
@@ -57,7 +58,8 @@ PRESETS = {
         "about": "ResNet-18, batches of 8 crops of 256 px at 40x from 8 distinct tiles, bfloat16 on CPUs that have it, "
         "1600 steps with warm-up and cosine decay, whole-tile validation (1024 px window); "
         "one fine-tuning cell takes about 17 minutes on 2 CPU cores",
-        "common": {"backbone": "resnet18", "num_workers": 0, "val_roi_size": 1024, "sw_batch_size": 1},
+        "common": {"backbone": "resnet18", "num_workers": 0},
+        "evaluation": {"val_roi_size": 1024, "sw_batch_size": 1},
         "pretrain": {"crop_size": 128, "max_shift": 64, "negative_sizes": [96, 64, 48, 32], "batch_size": 4, "triplets_per_epoch": 64,
                      "max_epochs": 16, "checkpoint_interval": 4, "learning_rate": 0.002},
         "train": {"crop_size": 256, "batch_size": 8, "crops_per_tile": 1, "epoch_steps": 50, "learning_rate": 0.001,
@@ -67,7 +69,8 @@ PRESETS = {
     },
     "tiny": {
         "about": "ResNet-10, 64 px crops, a few steps: for tests of the runner itself",
-        "common": {"backbone": "resnet10", "crop_size": 64, "num_workers": 0, "sw_batch_size": 4},
+        "common": {"backbone": "resnet10", "crop_size": 64, "num_workers": 0},
+        "evaluation": {"sw_batch_size": 4},
         "pretrain": {"max_shift": 16, "negative_sizes": [48, 32], "batch_size": 2, "triplets_per_epoch": 4, "max_epochs": 1},
         "train": {"batch_size": 2, "crops_per_tile": 1, "epoch_steps": 1, "checkpoint_interval": 1000},
         "finetune_steps": 2,
@@ -180,7 +183,8 @@ def run_cell(init: str, fraction: float, seed: int, preset: dict, dataset_dir: P
     init_args = {"init": "scratch"} if init == "scratch" else {"init": "imagenet", "init_weights": imagenet_weights} \
         if init == "imagenet" else {"init": "ssl", "init_weights": str(pretrained_encoder(init, seed, preset, dataset_dir if fold is None else datalist, out, fold))}
     pretrain_seconds = time.time() - start
-    common = {"bundle_root": str(root), "dataset_dir": str(dataset_dir), "datalist_path": str(datalist), "seed": seed, **preset["common"]}
+    common = {"bundle_root": str(root), "dataset_dir": str(dataset_dir), "datalist_path": str(datalist), "seed": seed, **preset["common"],
+              **preset["evaluation"]}
     bundle_run(["train.json"], root / "train_log.txt", **common, **preset["train"], **finetune_schedule(preset),
                label_fraction=fraction, resume=True, **init_args)
     bundle_run(["train.json", "evaluate.json"], root / "eval_log.txt", **common)
@@ -353,8 +357,12 @@ def schedule_changes(preset: str, out_dir: Path) -> str:
     """The values of the grid's recorded schedule that differ from the preset, as ``key = value`` text."""
     path = out_dir / "settings.json"
     schedule = json.loads(path.read_text())["schedule"] if path.is_file() else PRESETS[preset]
-    changes = [f"{part}.{key} = {json.dumps(value)}" for part in ("common", "pretrain", "train")
-               for key, value in schedule[part].items() if PRESETS[preset][part].get(key) != value]
+    def parts(spec: dict) -> dict:  # "common" held the evaluation keys before they had their own part
+        return {"common": {**spec["common"], **spec.get("evaluation", {})}, "pretrain": spec["pretrain"], "train": spec["train"]}
+
+    recorded, preset_parts = parts(schedule), parts(PRESETS[preset])
+    changes = [f"{part}.{key} = {json.dumps(value)}" for part in recorded for key, value in recorded[part].items()
+               if preset_parts[part].get(key) != value]
     changes += [f"{key} = {schedule[key]}" for key in ("finetune_steps", "validations") if schedule[key] != PRESETS[preset][key]]
     return "; ".join(changes)
 
