@@ -211,6 +211,29 @@ def test_xml_vertices_beyond_any_slide_are_skipped_with_the_warning(tmp_path):
     assert set(np.unique(label)) == {0, 1} and label[1, 1] == 1
 
 
+def xml_of(*regions) -> str:
+    body = "".join("<Region><Vertices>" + "".join(f'<Vertex X="{x}" Y="{y}"/>' for x, y in r) + "</Vertices></Region>" for r in regions)
+    return f"<Annotations><Annotation><Regions>{body}</Regions></Annotation></Annotations>"
+
+
+def test_xml_region_larger_than_any_nucleus_is_skipped_with_a_warning(tmp_path):
+    huge = [("-1e8", "-1e8"), ("1e8", "-1e8"), ("1e8", "1e8"), ("-1e8", "1e8")]  # within MAX_XML_COORDINATE
+    near = [("1.5", "1.5"), ("3.5", "1.5"), ("3.5", "3.5"), ("1.5", "3.5")]
+    path = tmp_path / "stray.xml"
+    path.write_text(xml_of(huge, near))
+    with pytest.warns(UserWarning, match=r"stray\.xml: skipped 1 region\(s\) covering more than 10000 px"):
+        label = read_aperio_xml(path, (200, 200))
+    assert set(np.unique(label)) == {0, 1} and label[1, 1] == 1 and (label == 1).sum() < 20  # the real nucleus, not swallowed
+
+
+def test_xml_with_every_region_outside_the_tile_says_so(tmp_path):
+    path = tmp_path / "elsewhere.xml"
+    path.write_text(xml_of(*[[(f"{x}", "500"), (f"{x + 5}", "500"), (f"{x + 5}", "505")] for x in (300, 400)]))
+    with pytest.warns(UserWarning, match=r"elsewhere\.xml: 2 region\(s\) lie wholly outside the 64x64 tile; no nucleus is left in the label"):
+        label = read_aperio_xml(path, (64, 64))
+    assert not label.any()
+
+
 # ----------------------------------------------------------------------------- inference outputs
 
 
