@@ -3,7 +3,9 @@
 A run killed mid-write leaves either the old file or the new one, never half a file.
 """
 
+import errno
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +35,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except (OSError, RuntimeError) as error:
+        # torch.save reports a full disk as RuntimeError("... PytorchStreamWriter failed writing file ...: file write failed")
+        if not (getattr(error, "errno", None) == errno.ENOSPC or "file write failed" in str(error)):
+            raise
+        written = tmp_path.stat().st_size if tmp_path.exists() else 0
+        tmp_path.unlink(missing_ok=True)  # before measuring the free space
+        raise DiskFullError(path, written) from error
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+class DiskFullError(OSError):
+    """A write that ran out of space: names the file, the free space and what was written; nothing was replaced."""
+
+    def __init__(self, path: Path, written: int):
+        free = shutil.disk_usage(path.parent).free
+        super().__init__(errno.ENOSPC, f"{path}: no space left on the device ({free / 2**20:.0f} MiB free; the file needs more than "
+                                       f"the {written / 2**20:.0f} MiB written before the disk filled); the earlier file, if any, "
+                                       "is unchanged and no partial file is left")
+        self.path = path
+
+    def __str__(self) -> str:
+        return self.strerror
