@@ -1,7 +1,9 @@
 """Tile inference outputs: screening unreadable tiles and writing what a pathologist opens."""
 
 import logging
-from collections.abc import Hashable, Mapping
+import os
+import shutil
+from collections.abc import Callable, Hashable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
 
 from bundle.data import MAX_PIXELS, DataFileError, read_image, stem_of
+from bundle.output_folder import PARTIAL_PREFIX, OutputFolder
 from bundle.transforms import PATH_SUFFIX
 from bundle.writers import nuclei_geojson, nucleus_table, write_geojson, write_instance_tiff, write_nuclei_csv, write_overlay_png
 
@@ -51,7 +54,8 @@ class TileScreen:
         """Raise ``SystemExit(1)`` listing the failed tiles, if any; otherwise do nothing."""
         if self.failures:
             listing = "\n".join(f"  {message}" for message in self.failures.values())
-            raise SystemExit(f"{len(self.failures)} tile(s) could not be read (or would overwrite another tile's outputs) and were skipped:\n{listing}")
+            raise SystemExit(f"{len(self.failures)} tile(s) could not be read, processed or written (or would overwrite another tile's "
+                             f"outputs) and were skipped:\n{listing}")
 
 
 def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -65,13 +69,17 @@ class SaveNucleiOutputsd(MapTransform):
     ``<stem>_instances.tif`` (instance ids), ``<stem>_overlay.png`` (contours on the tile),
     ``<stem>.geojson`` (one QuPath detection per nucleus) and ``<stem>_nuclei.csv`` (one row
     per nucleus). Only the file name of the source is used, so outputs never leave
-    ``output_dir``. Expects ``d[image_key]`` (3, H, W) float in [0, 1] and ``d[key]``
-    (1, H, W) instance ids.
+    ``output_dir``. The four are written into a hidden ``.partial-<stem>-<pid>/`` folder and
+    then moved into place, so a failure while writing leaves none of them (a kill leaves the
+    hidden folder, which :class:`bundle.output_folder.OutputFolder` removes on the next run).
+    With ``folder``, the tile is recorded in its manifest. Expects ``d[image_key]``
+    (3, H, W) float in [0, 1] and ``d[key]`` (1, H, W) instance ids.
     """
 
-    def __init__(self, keys: KeysCollection = "instances", output_dir: str | Path = "outputs", image_key: str = "image"):
+    def __init__(self, keys: KeysCollection = "instances", output_dir: str | Path = "outputs", image_key: str = "image",
+                 folder: OutputFolder | None = None):
         super().__init__(keys)
-        self.output_dir, self.image_key = Path(output_dir), image_key
+        self.output_dir, self.image_key, self.folder = Path(output_dir), image_key, folder
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -79,9 +87,38 @@ class SaveNucleiOutputsd(MapTransform):
         rgb = as_rgb_uint8(d[self.image_key])
         for key in self.key_iterator(d):
             instances = convert_to_numpy(d[key])[0]
-            write_instance_tiff(self.output_dir / f"{stem}_instances.tif", instances)
-            write_overlay_png(self.output_dir / f"{stem}_overlay.png", rgb, instances)
-            write_geojson(self.output_dir / f"{stem}.geojson", nuclei_geojson(instances))
-            write_nuclei_csv(self.output_dir / f"{stem}_nuclei.csv", nucleus_table(rgb, instances))
+            partial = self.output_dir / f"{PARTIAL_PREFIX}{stem}-{os.getpid()}"
+            shutil.rmtree(partial, ignore_errors=True)
+            try:
+                write_instance_tiff(partial / f"{stem}_instances.tif", instances)
+                write_overlay_png(partial / f"{stem}_overlay.png", rgb, instances)
+                write_geojson(partial / f"{stem}.geojson", nuclei_geojson(instances))
+                write_nuclei_csv(partial / f"{stem}_nuclei.csv", nucleus_table(rgb, instances))
+                names = sorted(p.name for p in partial.iterdir())
+                for name in names:
+                    os.replace(partial / name, self.output_dir / name)
+            finally:
+                shutil.rmtree(partial, ignore_errors=True)
+            if self.folder is not None:
+                self.folder.record(stem, names)
             logger.info("%s: %d nuclei -> %s", stem, int(instances.max()), self.output_dir / f"{stem}_overlay.png")
         return d
+
+
+class SkipFailedTiles:
+    """Apply ``transform`` (post-processing and writers) to one tile; a tile on which it fails
+    (any error, ``MemoryError`` included) is reported to ``screen`` and skipped, and the run goes
+    on with the next tile; the run then ends with exit status 1 (:meth:`TileScreen.exit_status`)."""
+
+    def __init__(self, transform: Callable[[dict], dict], screen: TileScreen, image_key: str = "image"):
+        self.transform, self.screen, self.image_key = transform, screen, image_key
+
+    def __call__(self, data: dict) -> dict:
+        try:
+            return self.transform(data)
+        except Exception as error:  # one bad tile must not cost the others (MemoryError is an Exception)
+            path = str(data.get(f"{self.image_key}{PATH_SUFFIX}", "tile"))
+            message = f"{path}: failed after the network ({type(error).__name__}: {str(error)[:300]}); no output written"
+            self.screen.failures[path] = message
+            logger.error("skipping tile: %s", message)
+            return dict(data)

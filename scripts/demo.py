@@ -49,7 +49,8 @@ def demo(out: str = "outputs/demo", n_tiles: int = 12, tile_size: int = 1000, se
         bundle_run(["train.json", "quick.json", "evaluate.json"], bundle_root=run_root, **common)
         results[init] = json.loads((root / init / "eval" / "metrics_summary.json").read_text())
     inference_dir = root / "inference"
-    bundle_run(["inference.json", "quick.json"], bundle_root=str(root / "ssl"), dataset_dir=str(prepared), sections=["validation"], output_dir=str(inference_dir))
+    bundle_run(["inference.json", "quick.json"], bundle_root=str(root / "ssl"), dataset_dir=str(prepared), sections=["validation"], output_dir=str(inference_dir),
+               overwrite=True)  # a rerun of the demo replaces its own outputs
     print(f"\nDemo finished in {(time.time() - started) / 60:.1f} min on {n_tiles} synthetic {tile_size}px tiles "
           f"({results['ssl']['n_images']} validation tiles)")
     print(f"{'init':<10}{'AJI':>8}{'AJI+':>8}{'Dice':>8}{'PQ':>8}")

@@ -352,7 +352,8 @@ def test_tile_inference_cli_reports_bad_tiles_and_writes_the_others(tmp_path):
     for fragment in ("good tile.tif: same file stem as", "empty.tif: empty file", "huge.tif: header claims", "nan.tif: float image with",
                      "loop.tif: symbolic link that does not resolve"):
         assert sum(fragment in line and line.startswith("  ") for line in log.splitlines()) == 1, fragment
-    assert sorted(p.name for p in out.iterdir()) == ["good tile.geojson", "good tile_instances.tif", "good tile_nuclei.csv", "good tile_overlay.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["good tile.geojson", "good tile_instances.tif", "good tile_nuclei.csv", "good tile_overlay.png",
+                                                     "manifest.json"]  # no lock left behind
 
 
 # ----------------------------------------------------------------------------- checkpoints are data
