@@ -19,18 +19,38 @@ from bundle.writers import nuclei_geojson, nucleus_table, write_geojson, write_i
 logger = logging.getLogger(__name__)
 
 
+# Peak memory of tile inference per pixel (float logits and probabilities, post-processing
+# maps, writers), measured at about 116 bytes on large tiles (issue 12).
+INFERENCE_BYTES_PER_PIXEL = 116
+
+
+def available_memory() -> int:
+    """Bytes of memory available to a new allocation now (``MemAvailable`` of /proc/meminfo; elsewhere the physical total)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 class TileScreen:
     """Decode every tile once before inference; unreadable ones are reported and skipped.
 
     Decoding twice costs a few tens of milliseconds per tile, against seconds of network
     time, and keeps the data loader free of failure handling. A tile whose file stem
     repeats an earlier tile's, ignoring case (``a/x.tif`` and ``b/x.tif``, ``x.tif`` and
-    ``x.png``, ``X.tif`` and ``x.TIF``) is skipped too: its outputs, named after the stem, would overwrite the other's. Call
-    :meth:`exit_status` at the end of the run: non-zero when any tile failed.
+    ``x.png``, ``X.tif`` and ``x.TIF``) is skipped too: its outputs, named after the stem,
+    would overwrite the other's. So is a tile whose inference would need more memory than
+    ``memory_bytes`` (default: what the machine has available now) at
+    :data:`INFERENCE_BYTES_PER_PIXEL`. Call :meth:`exit_status` at the end of the run:
+    non-zero when any tile failed.
     """
 
-    def __init__(self, max_pixels: int = MAX_PIXELS) -> None:
+    def __init__(self, max_pixels: int = MAX_PIXELS, memory_bytes: int | None = None) -> None:
         self.max_pixels = max_pixels
+        self.memory_bytes = memory_bytes if memory_bytes is not None else available_memory()
         self.failures: dict[str, str] = {}
 
     def readable(self, items: list[dict], key: str = "image") -> list[dict]:
@@ -41,7 +61,12 @@ class TileScreen:
             try:
                 if stem in stems:
                     raise DataFileError(path, f"same file stem as {stems[stem]}: their outputs would overwrite each other")
-                read_image(path, self.max_pixels)
+                height, width = read_image(path, self.max_pixels).shape[:2]
+                needed = height * width * INFERENCE_BYTES_PER_PIXEL
+                if needed > self.memory_bytes:
+                    raise DataFileError(path, f"{height}x{width} pixels need about {needed / 2**30:.1f} GiB for tile inference, "
+                                              f"{self.memory_bytes / 2**30:.1f} GiB available; run configs/inference_wsi.json on it "
+                                              "(it works through a large image tile by tile)")
                 good.append(item)
                 stems[stem] = path
             except (DataFileError, OSError, ValueError) as error:
