@@ -80,10 +80,24 @@ class CheckedCheckpointLoader(CheckpointLoader):
     """
 
     def __call__(self, engine) -> None:
-        load_checkpoint(self.load_path, mmap=True)
+        if not Path(self.load_path).exists():
+            raise CheckpointError(self.load_path, "file not found; train a model first (configs/train.json writes models/model.pt "
+                                                  "under --bundle_root) or point --model_path at one")
+        content = load_checkpoint(self.load_path, mmap=True)
         try:
             super().__call__(engine)
         except Exception as error:
             raise CheckpointError(
-                self.load_path, f"does not fit this workflow's {', '.join(self.load_dict)} ({type(error).__name__}: {_first_line(error)})"
+                self.load_path, f"does not fit this workflow's {', '.join(self.load_dict)} ({type(error).__name__}: "
+                                f"{_first_line(error)}){_backbone_hint(content)}"
             ) from None
+
+
+def _backbone_hint(content: dict) -> str:
+    """``"; it holds a resnet18 network: rerun with --backbone resnet18"`` when the file's encoder is a known ResNet, else ""."""
+    from bundle.initialization import describe_architecture  # bundle.initialization loads through this module
+
+    network = content.get("network", content)
+    encoder = {key.removeprefix("encoder."): value for key, value in network.items() if key.startswith("encoder.")} if isinstance(network, dict) else {}
+    name = describe_architecture(encoder) if encoder else ""
+    return f"; it holds a {name} network: rerun with --backbone {name}" if name.startswith("resnet") else ""

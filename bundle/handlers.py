@@ -15,12 +15,13 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 from monai.data.utils import set_rnd
-from monai.handlers import CheckpointSaver
+from monai.handlers import CheckpointSaver, StatsHandler
 from monai.utils import CommonKeys, convert_to_numpy, set_determinism
 from torch import nn
 
 from bundle.atomic import atomic_path
 from bundle.checkpoints import CheckpointError, load_checkpoint
+from bundle.cli import user_error
 from bundle.metrics import nuclei_metrics
 
 logger = logging.getLogger(__name__)
@@ -138,6 +139,18 @@ class AtomicCheckpointSaver(CheckpointSaver):
         resumed run replaces the best model only with a higher-scoring one.
         """
         return self._key_metric_checkpoint.state_dict() if self._key_metric_checkpoint is not None else {}
+
+
+class ConciseStatsHandler(StatsHandler):
+    """MONAI's ``StatsHandler``, except that a user error (:data:`bundle.cli.USER_ERRORS`: a bad
+    file, checkpoint or full disk) is logged as its one-line message, without the traceback;
+    the error is raised on as before (and ``bundle.cli`` prints it as ``error: …``)."""
+
+    def exception_raised(self, engine: Engine, e: Exception) -> None:
+        if user_error(e) is None:
+            super().exception_raised(engine, e)
+        self.logger.error(f"Exception: {e}")
+        raise e
 
 
 def epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:

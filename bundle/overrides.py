@@ -6,7 +6,6 @@ transform. MONAI's runner has no such check, hence this module."""
 import difflib
 import inspect
 import json
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -103,18 +102,31 @@ def _config_ids(content: Any, prefix: str = "") -> set[str]:
     return ids
 
 
-def check_overrides(argv: Sequence[str] | None = None) -> None:
-    """Stop (``SystemExit``, exit status 1) when the overrides of a ``python -m monai.bundle run`` command
-    line name unknown keys or carry values of the wrong type or range; do nothing elsewhere
-    (a workflow built in Python, a test)."""
-    argv = list(sys.argv if argv is None else argv)
-    if Path(argv[0]).parts[-2:] != ("bundle", "__main__.py") or argv[1:2] != ["run"]:
-        return
-    overrides = cli_overrides(argv[2:])
+def parameter_listing(config: ConfigParser, config_files: list[str]) -> str:
+    """The workflow's parameters (top-level items whose default is a value or an expression, not a component) with their defaults."""
+    rows = [(key, value) for key, value in config.get().items()
+            if not key.startswith("_") and key not in ("imports", "initialize", "run", "finalize")
+            and not (isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, dict) for v in value)))]
+    width = max(len(key) for key, _ in rows)
+    lines = [f"Parameters of {' + '.join(Path(f).name for f in config_files)} (override with --key value; "
+             "nested items as --section#key value):"]
+    spelled = lambda value: repr(value) if value is None or isinstance(value, bool) else json.dumps(value)  # as fire reads it back
+    lines += [f"  --{key:<{width}}  {spelled(value)}" for key, value in sorted(rows)]
+    return "\n".join(lines)
+
+
+def check_overrides(arguments: Sequence[str]) -> None:
+    """Stop (``SystemExit``, exit status 1) when the overrides among ``arguments`` (what follows
+    ``python -m monai.bundle run``) name unknown keys or carry values of the wrong type or
+    range; with ``--help``, print the workflow's parameters and defaults and stop (exit status 0)."""
+    overrides = cli_overrides(arguments)
     if "args_file" in overrides and str(overrides["args_file"]).endswith(".json"):
         overrides = {**json.loads(Path(str(overrides["args_file"])).read_text()), **overrides}
     config = ConfigParser()
     config.read_config(_as_list(overrides.get("config_file")))
+    if overrides.get("help") is True and "help" not in config:
+        print(parameter_listing(config, _as_list(overrides.get("config_file"))))
+        raise SystemExit(0)
     problems = override_problems(overrides, config)
     if problems:
         raise SystemExit(f"{len(problems)} problem(s) with the command-line overrides; nothing was run:\n"

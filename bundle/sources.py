@@ -12,9 +12,17 @@ PRETRAINING_SECTIONS = ("training", "unlabelled")
 def _items_from_datalist(path: Path, sections: tuple[str, ...]) -> list[dict[str, str]]:
     try:
         datalist = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as error:
-        raise ValueError(f"{path}: not a readable datalist JSON ({error})") from None
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: not a readable datalist JSON ({error}); give a datalist, a folder of tiles, "
+                         f"or one tile ({', '.join(IMAGE_SUFFIXES)})") from None
+    if not isinstance(datalist, dict):
+        raise ValueError(f"{path}: not a datalist (a JSON object of sections, e.g. {{\"test\": [{{\"image\": ...}}]}})")
     items = [item for section in sections for item in datalist.get(section, [])]
+    if not items:
+        present = {name: len(value) for name, value in datalist.items() if isinstance(value, list) and value}
+        raise FileNotFoundError(f"{path}: no images in section(s) {', '.join(sections)}; it has "
+                                + (", ".join(f"{name} ({count})" for name, count in present.items()) or "no non-empty section")
+                                + " (choose with --sections, e.g. --sections \"['validation']\")")
     return [{"image": str((path.parent / item["image"]).resolve())} for item in items]
 
 
@@ -29,11 +37,14 @@ def image_items(source: str | Path, sections: tuple[str, ...] | list[str]) -> li
     """``[{"image": absolute path}, ...]``; labels are not needed.
 
     ``source`` may be a datalist JSON or a folder holding ``datalist.json`` (the images
-    of its ``sections`` are used), a folder with an ``images/`` subfolder, or a plain
-    folder of TIFF/PNG/JPEG tiles (every tile).
+    of its ``sections`` are used; none there is an error listing the sections it has), a
+    folder with an ``images/`` subfolder, a plain folder of TIFF/PNG/JPEG tiles (every
+    tile), or one tile.
     """
     source, sections = Path(source), tuple(sections)
-    if source.is_file():
+    if source.is_file() and source.suffix.lower() in IMAGE_SUFFIXES:
+        items = [{"image": str(source.resolve())}]  # one tile
+    elif source.is_file():
         items = _items_from_datalist(source, sections)
     elif (source / "datalist.json").is_file():
         items = _items_from_datalist(source / "datalist.json", sections)

@@ -104,3 +104,24 @@ def test_checked_loader_loads_a_good_file(tmp_path):
     CheckedCheckpointLoader(load_path=str(path), load_dict={"network": target}).attach(engine)
     engine.run([0], max_epochs=1)
     assert torch.equal(target.weight, network.weight)
+
+
+def test_checked_loader_names_the_backbone_a_model_was_trained_with(tmp_path):
+    from bundle.networks import segmentation_unet
+
+    path = tmp_path / "model.pt"
+    torch.save({"network": segmentation_unet("resnet18", out_channels=3).state_dict()}, path)
+    engine = Engine(lambda engine, batch: None)
+    CheckedCheckpointLoader(load_path=str(path), load_dict={"network": segmentation_unet("resnet34", out_channels=3)}).attach(engine)
+    with pytest.raises(CheckpointError) as error:
+        engine.run([0], max_epochs=1)
+    message = str(error.value)
+    assert message.startswith(f"{path}: does not fit this workflow's network (RuntimeError: ")
+    assert message.endswith("; it holds a resnet18 network: rerun with --backbone resnet18") and len(message) < 600
+
+
+def test_checked_loader_says_how_to_get_a_missing_model(tmp_path):
+    engine = Engine(lambda engine, batch: None)
+    CheckedCheckpointLoader(load_path=str(tmp_path / "models" / "model.pt"), load_dict={"network": torch.nn.Linear(3, 3)}).attach(engine)
+    with pytest.raises(CheckpointError, match=r"model\.pt: file not found; train a model first .* or point --model_path at one"):
+        engine.run([0], max_epochs=1)

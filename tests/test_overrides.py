@@ -4,6 +4,7 @@ import pytest
 from bundle_runner import run_bundle
 from monai.bundle import ConfigParser
 
+from bundle.cli import command_line_checks
 from bundle.overrides import check_overrides, cli_overrides, override_problems
 from conftest import REPO_ROOT
 
@@ -40,7 +41,9 @@ def test_good_overrides_pass():
 
 
 def test_outside_the_bundle_runner_nothing_is_checked():
-    check_overrides(["pytest", "--lerning_rate", "0.1"])  # a workflow built in Python, or a test: no error
+    command_line_checks(["pytest", "--lerning_rate", "0.1"])  # a workflow built in Python, or a test: no error
+    with pytest.raises(SystemExit, match="lerning_rate"):
+        check_overrides(["--config_file", str(REPO_ROOT / "configs" / "train.json"), "--lerning_rate", "0.1"])
 
 
 def test_bundle_runner_stops_before_running_and_lists_every_problem(tmp_path):
@@ -50,3 +53,13 @@ def test_bundle_runner_stops_before_running_and_lists_every_problem(tmp_path):
     assert "--lerning_rate: not a key of this workflow's config; did you mean --learning_rate?" in result.stderr
     assert "--crop_size: expected an integer (the default is 768), got 'abc'" in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "models").exists()
+
+
+def test_help_lists_the_parameters_with_their_defaults_and_runs_nothing(tmp_path):
+    result = run_bundle(["train.json"], tmp_path, bundle_root=str(tmp_path), help=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert any(line.startswith("Parameters of train.json") for line in lines)
+    assert any(line.split() == ["--learning_rate", "0.0003"] for line in lines)
+    assert any(line.split() == ["--resume", "True"] for line in lines)  # Python spelling, as the CLI reads it back
+    assert not (tmp_path / "models").exists()
