@@ -3,11 +3,12 @@
 import logging
 import os
 import shutil
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 
 import numpy as np
 from monai.config import KeysCollection
+from monai.engines import SupervisedEvaluator
 from monai.transforms import MapTransform
 from monai.utils import convert_to_numpy
 
@@ -130,20 +131,25 @@ class SaveNucleiOutputsd(MapTransform):
         return d
 
 
-class SkipFailedTiles:
-    """Apply ``transform`` (post-processing and writers) to one tile; a tile on which it fails
-    (any error, ``MemoryError`` included) is reported to ``screen`` and skipped, and the run goes
-    on with the next tile; the run then ends with exit status 1 (:meth:`TileScreen.exit_status`)."""
+class TileEvaluator(SupervisedEvaluator):
+    """MONAI ``SupervisedEvaluator`` for tile inference in which one tile's failure (in the network
+    pass, post-processing or writers; ``MemoryError`` included) is reported to ``screen`` and
+    skipped, and the run goes on with the next tile; the run then ends with exit status 1
+    (:meth:`TileScreen.exit_status`). Other arguments: those of ``SupervisedEvaluator``."""
 
-    def __init__(self, transform: Callable[[dict], dict], screen: TileScreen, image_key: str = "image"):
-        self.transform, self.screen, self.image_key = transform, screen, image_key
+    def __init__(self, *args, screen: TileScreen, image_key: str = "image", **kwargs):
+        super().__init__(*args, **kwargs)
+        self.screen, self.image_key = screen, image_key
 
-    def __call__(self, data: dict) -> dict:
+    def _iteration(self, engine: SupervisedEvaluator, batchdata: dict) -> dict:
         try:
-            return self.transform(data)
+            return super()._iteration(engine, batchdata)
         except Exception as error:  # one bad tile must not cost the others (MemoryError is an Exception)
-            path = str(data.get(f"{self.image_key}{PATH_SUFFIX}", "tile"))
-            message = f"{path}: failed after the network ({type(error).__name__}: {str(error)[:300]}); no output written"
-            self.screen.failures[path] = message
-            logger.error("skipping tile: %s", message)
-            return dict(data)
+            while error.__cause__ is not None:  # MONAI wraps a failing transform's error in "applying transform ..."
+                error = error.__cause__
+            for path in batchdata.get(f"{self.image_key}{PATH_SUFFIX}", ["tile"]):
+                message = f"{path}: failed during inference ({type(error).__name__}: {str(error)[:300]}); no output written"
+                self.screen.failures[str(path)] = message
+                logger.error("skipping tile: %s", message)
+            engine.state.output = {}
+            return {}

@@ -11,7 +11,9 @@ import pytest
 import torch
 
 import bundle.inference as inference
-from bundle.inference import SaveNucleiOutputsd, SkipFailedTiles, TileScreen
+from monai.data import DataLoader
+
+from bundle.inference import SaveNucleiOutputsd, TileEvaluator, TileScreen
 from bundle.output_folder import LOCK_NAME, MANIFEST_NAME, OutputFolder
 
 SUFFIXES = ("_instances.tif", "_overlay.png", ".geojson", "_nuclei.csv")
@@ -30,24 +32,43 @@ def model(tmp_path):
     return path
 
 
-def test_a_tile_failing_in_its_writers_is_skipped_and_the_next_is_written(tmp_path, monkeypatch):
-    out, screen = tmp_path / "out", TileScreen()
-    real_table, calls = inference.nucleus_table, []
+class FailsOnBrightTiles(torch.nn.Module):
+    """A 3-class 'network' that runs out of memory on tiles brighter than 0.5."""
 
-    def table_failing_once(rgb, instances):  # fails like the table of a 5000x5000 tile under a memory limit
-        calls.append(rgb.shape)
-        if len(calls) == 1:
+    def forward(self, x):
+        if x.mean() > 0.5:
             raise MemoryError("Unable to allocate 2.3 GiB")
-        return real_table(rgb, instances)
+        return torch.zeros(x.shape[0], 3, *x.shape[2:])
 
-    monkeypatch.setattr(inference, "nucleus_table", table_failing_once)
-    guarded = SkipFailedTiles(SaveNucleiOutputsd(output_dir=out), screen)
-    guarded(tile("big"))
-    guarded(tile("next"))
-    assert sorted(p.name for p in out.iterdir()) == sorted(f"next{s}" for s in SUFFIXES)  # nothing of "big", no partial folder
-    assert screen.failures == {"/data/big.tif": "/data/big.tif: failed after the network (MemoryError: Unable to allocate 2.3 GiB); no output written"}
+
+@pytest.mark.parametrize("where", ["network", "writers"])
+def test_a_tile_failing_during_inference_is_skipped_and_the_next_is_processed(tmp_path, where):
+    """A MemoryError in the network pass, or in the nucleus table of a huge tile, costs that tile only."""
+    screen, done = TileScreen(), []
+
+    def write(d):
+        if where == "writers" and d["image_path"].endswith("big.tif"):
+            raise MemoryError("Unable to allocate 2.3 GiB")
+        done.append(d["image_path"])
+        return d
+
+    data = [{"image": torch.full((3, 8, 8), 0.9 if where == "network" else 0.1), "image_path": "/data/big.tif"},
+            {"image": torch.full((3, 8, 8), 0.1), "image_path": "/data/next.tif"}]
+    evaluator = TileEvaluator(device=torch.device("cpu"), val_data_loader=DataLoader(data, batch_size=1), network=FailsOnBrightTiles(),
+                              postprocessing=write, screen=screen)
+    evaluator.run()
+    assert done == ["/data/next.tif"]
+    assert screen.failures == {"/data/big.tif": "/data/big.tif: failed during inference (MemoryError: Unable to allocate 2.3 GiB); no output written"}
     with pytest.raises(SystemExit, match="1 tile\\(s\\) could not be read, processed or written"):
         screen.exit_status()
+
+
+def test_a_writer_failing_leaves_none_of_the_tiles_outputs(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    monkeypatch.setattr(inference, "write_geojson", lambda path, content: (_ for _ in ()).throw(OSError("disk error")))
+    with pytest.raises(OSError, match="disk error"):
+        SaveNucleiOutputsd(output_dir=out)(tile("a"))
+    assert list(out.iterdir()) == []  # not the instance TIFF and overlay written before it, no partial folder
 
 
 def test_outputs_of_a_tile_appear_together_and_leftovers_of_a_killed_run_are_removed(tmp_path, model):
