@@ -282,7 +282,7 @@ def _mean_spread(values: list[float]) -> str:
     if not values:
         return "–"
     mean = 100 * statistics.mean(values)
-    return f"{mean:.2f} ± {100 * statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
+    return f"{mean:.2f} ± {100 * statistics.stdev(values):.2f} (n={len(values)})" if len(values) > 1 else f"{mean:.2f}"
 
 
 def _table(cells: list[dict], inits: list[str], fractions: list[float], metric: str) -> list[str]:
@@ -384,7 +384,8 @@ def report(preset: str = "cpu", out: str | None = None, report_to: str = "docs/r
              f"Command: `{wall.get('command', 'python scripts/experiment.py run --preset ' + preset)}`  ",
              f"Commit(s) the cells ran on: {commits}; machine: {platform.machine()}, {platform.processor() or platform.system()}, "
              f"{__import__('os').cpu_count()} cores; wall time of the runs: {wall.get('seconds', 0) / 60:.0f} min.  ",
-             f"Cells finished: {len(cells)}; seeds {seeds}. Figures are mean ± sample std over seeds (%), on the validation "
+             f"Cells finished: {len(cells)}; seeds {seeds}" + (f", folds {folds}" if (folds := sorted({c['fold'] for c in cells if c['fold'] is not None})) else "")
+             + ". Figures are mean ± sample std over the n cells of an entry (seeds × folds), in %, on the validation "
              "tiles of the prepared split (or each fold's held-out tiles).", "",
              "## Table 1 – AJI (%) by initialisation and label fraction", "", *_table(cells, inits, fractions, "aji"), "",
              "## Table 1b – Dice (%)", "", *_table(cells, inits, fractions, "dice"), ""]
