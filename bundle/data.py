@@ -222,15 +222,57 @@ def read_aperio_xml(path: str | os.PathLike, shape: tuple[int, int]) -> np.ndarr
     """
     path = Path(path)
     root = _parse_xml(path)
+    nuclei = []
+    for region in root.iter("Region"):
+        vertices = _region_vertices(region)
+        nuclei.append(None if vertices is None else [(vertices - APERIO_XML_ORIGIN, [])])
+    return rasterise_nuclei(path, nuclei, shape)
+
+
+Ring = np.ndarray
+"""``(2, V)`` float array: X (row 0) and Y (row 1) of a polygon's vertices, with pixel centres at whole numbers."""
+
+
+def usable_ring(xy) -> Ring | None:
+    """``xy`` (V x 2 numbers) as a :data:`Ring`, or None when it has fewer than 3 vertices or
+    missing, non-numeric, non-finite or out-of-range (beyond :data:`MAX_XML_COORDINATE`) values."""
+    try:
+        ring = np.array(xy, dtype=np.float64)
+    except (TypeError, ValueError):
+        return None
+    if ring.ndim != 2 or ring.shape[1] != 2 or len(ring) < 3 or not np.isfinite(ring).all() or np.abs(ring).max() > MAX_XML_COORDINATE:
+        return None
+    return ring.T
+
+
+def _polygon_pixels(exterior: Ring, holes: list[Ring], shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Rows and columns of the pixel centres inside ``exterior`` and outside every hole, clipped to ``shape``."""
+    rows, cols = polygon(exterior[1], exterior[0], shape=shape)
+    if not holes or len(rows) == 0:
+        return rows, cols
+    top, left = rows.min(), cols.min()
+    inside = np.zeros((rows.max() - top + 1, cols.max() - left + 1), bool)
+    inside[rows - top, cols - left] = True
+    for hole in holes:
+        hole_rows, hole_cols = polygon(hole[1] - top, hole[0] - left, shape=inside.shape)
+        inside[hole_rows, hole_cols] = False
+    rows, cols = np.nonzero(inside)
+    return rows + top, cols + left
+
+
+def rasterise_nuclei(path: Path, nuclei: list[list[tuple[Ring, list[Ring]]] | None], shape: tuple[int, int]) -> np.ndarray:
+    """``(H, W)`` int32 instance map of ``nuclei`` (each a list of polygons ``(exterior, holes)``, or
+    None when unusable), read from ``path``; the rules of :func:`read_aperio_xml` (ids in order,
+    the first nucleus keeps shared pixels, unusable and oversized ones skipped, one warning)."""
     label = np.zeros(shape, dtype=np.int32)
     largest = max(MAX_NUCLEUS_FRACTION * label.size, MAX_NUCLEUS_PIXELS)
     next_id, skipped, oversized, outside = 1, 0, 0, 0
-    for region in root.iter("Region"):
-        vertices = _region_vertices(region)
-        if vertices is None:
+    for parts in nuclei:
+        if parts is None:
             skipped += 1
             continue
-        rows, cols = polygon(vertices[1] - APERIO_XML_ORIGIN, vertices[0] - APERIO_XML_ORIGIN, shape=label.shape)
+        pixels = [_polygon_pixels(exterior, holes, shape) for exterior, holes in parts]
+        rows, cols = np.concatenate([r for r, _ in pixels]), np.concatenate([c for _, c in pixels])
         if len(rows) > largest:  # no nucleus is that large: a stray vertex, which would swallow real nuclei
             oversized += 1
             continue
@@ -244,7 +286,7 @@ def read_aperio_xml(path: str | os.PathLike, shape: tuple[int, int]) -> np.ndarr
     if problems and not label.any():
         problems.append("no nucleus is left in the label")
     if problems:
-        warnings.warn(f"{path}: " + "; ".join(problems), stacklevel=2)
+        warnings.warn(f"{path}: " + "; ".join(problems), stacklevel=3)
     return label
 
 
@@ -262,15 +304,13 @@ def _parse_xml(path: Path) -> Element:
         raise DataFileError(path, f"cannot read: {err}") from err
 
 
-def _region_vertices(region: Element) -> np.ndarray | None:
-    """``(2, V)`` float64 array of X (row 0) and Y (row 1), or None for an unusable region."""
+def _region_vertices(region: Element) -> Ring | None:
+    """The vertices of an XML region as a :data:`Ring` (XML coordinates), or None for an unusable region."""
     try:
-        xy = np.array([(float(v.get("X")), float(v.get("Y"))) for v in region.iterfind("Vertices/Vertex")])
+        xy = [(float(v.get("X")), float(v.get("Y"))) for v in region.iterfind("Vertices/Vertex")]
     except (TypeError, ValueError):
         return None
-    if len(xy) < 3 or not np.isfinite(xy).all() or np.abs(xy).max() > MAX_XML_COORDINATE:
-        return None
-    return xy.T
+    return usable_ring(xy)
 
 
 # ------------------------------------------------------------------- label map files

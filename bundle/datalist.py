@@ -1,7 +1,7 @@
 """Train/validation splits, nested label fractions and MONAI-style datalists.
 
 A datalist is a JSON dict of lists of items ``{"image": "images/<stem>.tif",
-"label": "labels/<stem>.tif", "label_source": "xml" | "mask"}`` with paths relative to
+"label": "labels/<stem>.tif", "label_source": "xml" | "geojson" | "mask"}`` with paths relative to
 the datalist's folder, readable by ``monai.data.load_decathlon_datalist(path,
 data_list_key=key, base_dir=folder)``. Keys: ``training``, ``validation``, ``test``
 (when given), ``unlabelled`` (when given), and ``training_<percent>`` for each label
@@ -20,7 +20,7 @@ import numpy as np
 from bundle.data import IMAGE_SUFFIXES, LABEL_SUFFIXES, DataFileError, stem_of, suffix_of
 
 DEFAULT_LABEL_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 1.0)
-ANNOTATION_SUFFIXES = (*LABEL_SUFFIXES, ".xml")
+ANNOTATION_SUFFIXES = (*LABEL_SUFFIXES, ".xml", ".geojson")
 
 logger = logging.getLogger(__name__)
 

@@ -3,15 +3,16 @@
     python scripts/prepare.py prepare --src ../shared/data/monuseg/train --out data/monuseg
     python scripts/prepare.py summarize --datalist data/monuseg/datalist.json
 
-``prepare`` reads ``<src>/images/`` with ``<src>/annotations/`` (Aperio XML) and/or
-``<src>/masks/`` (instance label maps) and writes, under ``out``:
+``prepare`` reads ``<src>/images/`` with ``<src>/annotations/`` (Aperio XML ``.xml`` or
+QuPath GeoJSON ``.geojson`` outlines) and/or ``<src>/masks/`` (instance label maps) and
+writes, under ``out``:
 
 - ``images/<stem>.tif``: RGB uint8 (zlib TIFF), normalised by ``bundle.data.read_image``;
 - ``labels/<stem>.tif``: instance label map (uint16/uint32 zlib TIFF);
 - ``datalist.json``: the seeded train/validation split, nested label fractions
   (``training_10`` ... ``training_100``), the optional ``test`` list and, with
   ``--allow_unlabelled``, an ``unlabelled`` list; each labelled item records its
-  ``label_source`` (``"xml"`` or ``"mask"``).
+  ``label_source`` (``"xml"``, ``"geojson"`` or ``"mask"``).
 
 Exit status 1, with every problem printed to stderr, when: an image has no label (unless
 ``--allow_unlabelled``), a label has no image, a file cannot be read, or an image and
@@ -44,6 +45,7 @@ from bundle.data import (  # noqa: E402
     read_image,
     read_label,
     stem_of,
+    suffix_of,
     write_image,
     write_label,
 )
@@ -54,11 +56,14 @@ from bundle.datalist import (  # noqa: E402
     pair_images_and_labels,
     split_train_val,
 )
+from bundle.qupath import read_qupath_geojson  # noqa: E402
 
 LABEL_FOLDERS = {"xml": "annotations", "mask": "masks"}
-"""label_source -> sub-folder of ``src`` holding such labels."""
+"""Kind of label -> sub-folder of ``src`` holding such labels ("xml": drawn outlines, Aperio XML or QuPath GeoJSON)."""
 LABEL_POLICIES = {"auto": ("xml", "mask"), "xml": ("xml",), "masks": ("mask",)}
-"""``--labels`` value -> label sources to use, the first available one per stem winning."""
+"""``--labels`` value -> label kinds to use, the first available one per stem winning."""
+VECTOR_READERS = {"xml": read_aperio_xml, "geojson": read_qupath_geojson}
+"""``label_source`` of an outline file (by suffix) -> its reader; other files in annotations/ are label maps."""
 DATALIST_NAME = "datalist.json"
 
 
@@ -70,7 +75,7 @@ class Source:
     image: Path
     label: Path | None = None
     label_source: str | None = None
-    mask_beside_xml: Path | None = None
+    mask_beside_annotation: Path | None = None
     """The mask of a stem whose XML is used: compared with it when converting."""
 
 
@@ -177,9 +182,10 @@ def find_sources(folder: Path, labels: str) -> Inventory:
     for kind in kinds:
         pairing = pair_images_and_labels(folder / "images", folder / LABEL_FOLDERS[kind])
         for stem, (image, label) in pairing.pairs.items():
-            first = labelled.setdefault(stem, Source(stem, image, label, kind))
-            if first.label_source == "xml" and kind == "mask":
-                labelled[stem] = replace(first, mask_beside_xml=label)
+            source_kind = "mask" if kind == "mask" else {".xml": "xml", ".geojson": "geojson"}.get(suffix_of(label), "mask")
+            first = labelled.setdefault(stem, Source(stem, image, label, source_kind))
+            if first.label_source in VECTOR_READERS and kind == "mask":
+                labelled[stem] = replace(first, mask_beside_annotation=label)
             images[stem] = image
         images |= {stem_of(image): image for image in pairing.images_without_label}
         labels_without_image += pairing.labels_without_image
@@ -248,10 +254,10 @@ def convert(source: Source, out: Path, max_pixels: int = MAX_PIXELS) -> None:
     """Write ``out/images/<stem>.tif`` and, when labelled, ``out/labels/<stem>.tif``."""
     image = read_image(source.image, max_pixels)
     if source.label is not None:
-        if source.label_source == "xml":
-            label = read_aperio_xml(source.label, image.shape[:2])
-            if source.mask_beside_xml is not None:
-                warn_if_they_disagree(source.label, label, source.mask_beside_xml, read_label(source.mask_beside_xml, max_pixels))
+        if source.label_source in VECTOR_READERS:
+            label = VECTOR_READERS[source.label_source](source.label, image.shape[:2])
+            if source.mask_beside_annotation is not None:
+                warn_if_they_disagree(source.label, label, source.mask_beside_annotation, read_label(source.mask_beside_annotation, max_pixels))
         else:
             label = read_label(source.label, max_pixels)
         check_same_size(source.image, image, source.label, label)
@@ -339,9 +345,10 @@ def _fail(messages: list[str], stale_datalist: Path | None = None) -> NoReturn:
 
 def _print_outcome(datalist: dict, path: Path) -> None:
     items = [*datalist["training"], *datalist["validation"], *datalist.get("test", [])]
-    sources = {kind: sum(item["label_source"] == kind for item in items) for kind in LABEL_FOLDERS}
+    sources = {kind: sum(item["label_source"] == kind for item in items) for kind in ("xml", "geojson", "mask")}
     print(
-        f"prepare: {len(items)} labelled tile(s) ({sources['xml']} labels from XML, {sources['mask']} from masks)"
+        f"prepare: {len(items)} labelled tile(s) ({sources['xml']} labels from XML, "
+        + (f"{sources['geojson']} from QuPath GeoJSON, " if sources["geojson"] else "") + f"{sources['mask']} from masks)"
         f" + {len(datalist.get('unlabelled', []))} unlabelled -> {path.parent}"
     )
     print("prepare: " + ", ".join(f"{key} {len(items)}" for key, items in item_lists(datalist)))
