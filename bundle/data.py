@@ -345,11 +345,12 @@ def read_label(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndar
     return _checked_label(path, array)
 
 
-def write_label(path: str | os.PathLike, label: np.ndarray) -> None:
+def write_label(path: str | os.PathLike, label: np.ndarray, mpp: float | None = None) -> None:
     """Write an ``(H, W)`` integer label map atomically as uint16 (max id < 65536) or uint32.
 
     Formats by suffix: TIFF (zlib), PNG (uint16 only), NIfTI ``.nii`` / ``.nii.gz``
-    (stored transposed, see :func:`read_label`) and ``.npy``.
+    (stored transposed, see :func:`read_label`) and ``.npy``. ``mpp`` (microns per pixel),
+    when given, becomes a TIFF's resolution tags (pixels per centimetre), as slide viewers read them.
 
     Raises:
         DataFileError: not a 2-D non-negative integer map, an id >= 2**32, uint32 ids
@@ -363,7 +364,10 @@ def write_label(path: str | os.PathLike, label: np.ndarray) -> None:
     if suffix == ".png" and stored.dtype != np.uint16:
         raise DataFileError(path, f"PNG holds ids up to 65535, this map reaches {stored.max()}; use .tif")
     with atomic_path(path) as tmp:
-        _LABEL_WRITERS[suffix](tmp, stored)
+        if mpp is not None and suffix in TIFF_SUFFIXES:
+            tifffile.imwrite(tmp, stored, compression="zlib", resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
+        else:
+            _LABEL_WRITERS[suffix](tmp, stored)
 
 
 def check_same_size(

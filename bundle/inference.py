@@ -98,14 +98,16 @@ class SaveNucleiOutputsd(MapTransform):
     ``output_dir``. The four are written into a hidden ``.partial-<stem>-<pid>/`` folder and
     then moved into place, so a failure while writing leaves none of them (a kill leaves the
     hidden folder, which :class:`bundle.output_folder.OutputFolder` removes on the next run).
-    With ``folder``, the tile is recorded in its manifest. Expects ``d[image_key]``
+    With ``folder``, the tile is recorded in its manifest. The GeoJSON carries each nucleus's
+    measurements (:func:`bundle.writers.qupath_measurements`), in µm when ``mpp`` (microns
+    per pixel) is given, which also sets the instance TIFF's resolution. Expects ``d[image_key]``
     (3, H, W) float in [0, 1] and ``d[key]`` (1, H, W) instance ids.
     """
 
     def __init__(self, keys: KeysCollection = "instances", output_dir: str | Path = "outputs", image_key: str = "image",
-                 folder: OutputFolder | None = None):
+                 folder: OutputFolder | None = None, mpp: float | None = None):
         super().__init__(keys)
-        self.output_dir, self.image_key, self.folder = Path(output_dir), image_key, folder
+        self.output_dir, self.image_key, self.folder, self.mpp = Path(output_dir), image_key, folder, mpp
 
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
@@ -116,10 +118,11 @@ class SaveNucleiOutputsd(MapTransform):
             partial = self.output_dir / f"{PARTIAL_PREFIX}{stem}-{os.getpid()}"
             shutil.rmtree(partial, ignore_errors=True)
             try:
-                write_instance_tiff(partial / f"{stem}_instances.tif", instances)
+                rows = nucleus_table(rgb, instances)
+                write_instance_tiff(partial / f"{stem}_instances.tif", instances, self.mpp)
                 write_overlay_png(partial / f"{stem}_overlay.png", rgb, instances)
-                write_geojson(partial / f"{stem}.geojson", nuclei_geojson(instances))
-                write_nuclei_csv(partial / f"{stem}_nuclei.csv", nucleus_table(rgb, instances))
+                write_geojson(partial / f"{stem}.geojson", nuclei_geojson(instances, rows=rows, mpp=self.mpp))
+                write_nuclei_csv(partial / f"{stem}_nuclei.csv", rows)
                 names = sorted(p.name for p in partial.iterdir())
                 for name in names:
                     os.replace(partial / name, self.output_dir / name)

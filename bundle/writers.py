@@ -45,7 +45,7 @@ CROP_PADDING = 1
 CONTOUR_LEVEL = 0.5
 """Iso-level traced on a nucleus's 0/1 mask: the contour runs along the pixel edges."""
 
-NUCLEUS_COLUMNS = ("id", "centroid_x", "centroid_y", "area", "perimeter", "eccentricity", "mean_hematoxylin")
+NUCLEUS_COLUMNS = ("id", "centroid_x", "centroid_y", "area", "perimeter", "eccentricity", "mean_hematoxylin", "touches_edge")
 """Columns of :func:`nucleus_table` rows and of the CSV written by :func:`write_nuclei_csv`."""
 
 _REGIONPROPS_COLUMNS = {
@@ -57,7 +57,7 @@ _REGIONPROPS_COLUMNS = {
     "eccentricity": "eccentricity",
     "mean_hematoxylin": "intensity_mean",
 }
-_REGIONPROPS = ("label", "centroid", "area", "perimeter", "eccentricity", "intensity_mean")
+_REGIONPROPS = ("label", "centroid", "area", "perimeter", "eccentricity", "intensity_mean", "bbox")
 _INTEGER_COLUMNS = ("id", "area")
 
 
@@ -130,6 +130,8 @@ def nuclei_geojson(
     tolerance: float = 0.5,
     color: Sequence[int] = NUCLEUS_RGB,
     pixel_centre: float = QUPATH_PIXEL_CENTRE,
+    rows: Sequence[dict] | None = None,
+    mpp: float | None = None,
 ) -> dict:
     """GeoJSON FeatureCollection of the nuclei, one QuPath detection Feature per nucleus.
 
@@ -141,11 +143,17 @@ def nuclei_geojson(
         pixel_centre: coordinate given to the centre of pixel 0; 0.5 matches QuPath, where
             pixel (0, 0) spans [0, 1) x [0, 1), so outlines lie on the pixel edges there.
 
+        rows: :func:`nucleus_table` rows of the same map, whose measurements (area, perimeter,
+            eccentricity, mean hematoxylin OD, edge flag) go into each feature's
+            ``measurements`` as QuPath shows them, named with their unit.
+        mpp: microns per pixel: areas and perimeters in µm² and µm; None: in pixels.
+
     Each Feature: geometry ``Polygon`` with one closed ring ``[[x, y], ...]`` (floats);
     properties ``{"objectType": "detection", "classification": {"name": "Nucleus", "color":
-    [r, g, b]}, "measurements": {"id": nucleus id}}``.
+    [r, g, b]}, "measurements": {"id": nucleus id, ...}}``.
     """
     shift = np.asarray(offset, dtype=float) + pixel_centre
+    by_id = {row["id"]: row for row in rows or ()}
     features = [
         {
             "type": "Feature",
@@ -153,12 +161,22 @@ def nuclei_geojson(
             "properties": {
                 "objectType": "detection",
                 "classification": {"name": "Nucleus", "color": [int(channel) for channel in color]},
-                "measurements": {"id": nucleus_id},
+                "measurements": {"id": nucleus_id, **(qupath_measurements(by_id[nucleus_id], mpp) if nucleus_id in by_id else {})},
             },
         }
         for nucleus_id, ring in instance_polygons(instances, tolerance)
     ]
     return {"type": "FeatureCollection", "features": features}
+
+
+def qupath_measurements(row: dict, mpp: float | None = None) -> dict:
+    """A :func:`nucleus_table` row as QuPath measurement names with units (µm when ``mpp`` is known, else px)."""
+    if mpp is None:
+        sizes = {"Area px^2": float(row["area"]), "Perimeter px": row["perimeter"]}
+    else:
+        sizes = {"Area µm^2": row["area"] * mpp * mpp, "Perimeter µm": row["perimeter"] * mpp}
+    return {**sizes, "Eccentricity": row["eccentricity"], "Hematoxylin OD mean": row["mean_hematoxylin"],
+            "Touches tile edge": int(row["touches_edge"])}
 
 
 def nucleus_table(image_rgb: np.ndarray, instances: np.ndarray) -> list[dict]:
@@ -167,15 +185,19 @@ def nucleus_table(image_rgb: np.ndarray, instances: np.ndarray) -> list[dict]:
     ``id``; ``centroid_x``, ``centroid_y`` (pixels, x = column, y = row); ``area`` (pixels);
     ``perimeter`` (pixels, scikit-image's 4-connected estimate); ``eccentricity`` (0 circle,
     towards 1 elongated); ``mean_hematoxylin``: mean hematoxylin optical density within the
-    nucleus (``rgb2hed`` channel 0). Measured by ``regionprops_table`` in one call.
+    nucleus (``rgb2hed`` channel 0); ``touches_edge``: 1 when the nucleus reaches the image's
+    border (it may be cut), else 0. Measured by ``regionprops_table`` in one call.
     """
     ids = as_label_map(instances)
     hematoxylin = rgb2hed(_checked_rgb(image_rgb, ids.shape))[..., 0]
     table = regionprops_table(ids, intensity_image=hematoxylin, properties=_REGIONPROPS)
     columns = {
         name: table[_REGIONPROPS_COLUMNS[name]].astype(np.int64 if name in _INTEGER_COLUMNS else float).tolist()
-        for name in NUCLEUS_COLUMNS
+        for name in NUCLEUS_COLUMNS if name in _REGIONPROPS_COLUMNS
     }
+    height, width = ids.shape
+    columns["touches_edge"] = ((table["bbox-0"] == 0) | (table["bbox-1"] == 0) | (table["bbox-2"] == height)
+                               | (table["bbox-3"] == width)).astype(np.int64).tolist()
     return [dict(zip(NUCLEUS_COLUMNS, values)) for values in zip(*columns.values())]
 
 
@@ -199,12 +221,13 @@ def _require_suffix(path: Path, suffixes: Sequence[str], what: str) -> None:
         raise DataFileError(path, f"{what} is written as {suffixes[0]}; the name must end in one of {tuple(suffixes)}")
 
 
-def write_instance_tiff(path: str | os.PathLike, instances: np.ndarray) -> None:
-    """Write the (H, W) instance map as a zlib TIFF: uint16 when max id < 65536, else uint32."""
+def write_instance_tiff(path: str | os.PathLike, instances: np.ndarray, mpp: float | None = None) -> None:
+    """Write the (H, W) instance map as a zlib TIFF: uint16 when max id < 65536, else uint32;
+    with ``mpp`` (microns per pixel), its resolution tags say the pixel size."""
     path = Path(path)
     _require_suffix(path, TIFF_SUFFIXES, "an instance map")
     with _naming_errors(path):
-        write_label(path, as_label_map(instances))
+        write_label(path, as_label_map(instances), mpp)
 
 
 def write_overlay_png(

@@ -83,6 +83,14 @@ def test_outputs_of_a_tile_appear_together_and_leftovers_of_a_killed_run_are_rem
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     assert manifest["a"]["model"]["path"] == str(model.resolve()) and len(manifest["a"]["model"]["sha256"]) == 16
     assert sorted(manifest["a"]["files"]) == sorted(f"a{s}" for s in SUFFIXES)
+    (nucleus,) = json.loads((out / "a.geojson").read_text())["features"]
+    assert nucleus["properties"]["measurements"]["Area px^2"] == 25.0  # measurements reach QuPath
+
+
+def test_a_known_pixel_size_gives_measurements_in_microns(tmp_path):
+    SaveNucleiOutputsd(output_dir=tmp_path, mpp=0.5)(tile("a"))
+    (nucleus,) = json.loads((tmp_path / "a.geojson").read_text())["features"]
+    assert nucleus["properties"]["measurements"]["Area µm^2"] == pytest.approx(25 * 0.25)
 
 
 def test_a_second_live_run_on_the_same_folder_is_refused_and_a_dead_runs_lock_taken_over(tmp_path, model):

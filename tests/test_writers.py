@@ -267,3 +267,33 @@ def test_geojson_refuses_nan_and_keeps_no_file(tmp_path):
     with pytest.raises(DataFileError, match="bad.geojson"):
         write_geojson(tmp_path / "bad.geojson", {"type": "FeatureCollection", "value": float("nan")})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_edge_flag_marks_nuclei_that_reach_the_border():
+    label = np.zeros((20, 20), np.int32)
+    label[0:4, 5:9] = 1  # top edge
+    label[8:12, 8:12] = 2
+    label[15:20, 15:20] = 3  # bottom-right corner
+    rows = nucleus_table(grey_image(label.shape), label)
+    assert [row["touches_edge"] for row in rows] == [1, 0, 1]
+
+
+@pytest.mark.parametrize("mpp, area_name, area", [(None, "Area px^2", 16.0), (0.25, "Area µm^2", 1.0)])
+def test_geojson_carries_measurements_with_units(mpp, area_name, area):
+    label = np.zeros((20, 20), np.int32)
+    label[8:12, 8:12] = 7
+    rows = nucleus_table(grey_image(label.shape), label)
+    (feature,) = nuclei_geojson(label, rows=rows, mpp=mpp)["features"]
+    measurements = feature["properties"]["measurements"]
+    perimeter_name = "Perimeter px" if mpp is None else "Perimeter µm"
+    assert set(measurements) == {"id", area_name, perimeter_name, "Eccentricity", "Hematoxylin OD mean", "Touches tile edge"}
+    assert measurements["id"] == 7 and measurements[area_name] == pytest.approx(area)
+    assert measurements[perimeter_name] == pytest.approx(rows[0]["perimeter"] * (mpp or 1))
+    assert measurements["Touches tile edge"] == 0 and measurements["Hematoxylin OD mean"] == pytest.approx(rows[0]["mean_hematoxylin"])
+
+
+def test_instance_tiff_records_the_pixel_size(tmp_path):
+    write_instance_tiff(tmp_path / "a.tif", nuclei_map(), mpp=0.25)
+    with tifffile.TiffFile(tmp_path / "a.tif") as tif:
+        tags = tif.pages[0].tags
+        assert tags["XResolution"].value == (40000, 1) and tags["ResolutionUnit"].value == 3  # 40000 px/cm = 0.25 µm/px
