@@ -13,8 +13,9 @@ overrides. Finished steps are skipped on a rerun (their output files exist), so 
 interrupted grid resumes where it stopped. Fine-tuning runs a fixed number of optimiser
 steps whatever the label fraction (epochs are derived), so fractions differ only in data.
 ``report`` writes ``docs/results/<preset>.md`` (tables shaped like the paper's Tables 1-4)
-and ``docs/results/<preset>.png`` (AJI against label fraction per initialisation), and
-appends ``docs/results/<preset>_reading.md`` (notes written by hand) when it exists.
+``docs/results/<preset>.png`` (AJI against label fraction per initialisation) and
+``docs/results/<preset>_tiles.csv`` (every cell's per-tile scores), and appends
+``docs/results/<preset>_reading.md`` (notes written by hand) when it exists.
 
 The steps read ``configs/`` and ``bundle/`` of this checkout when they start, and each cell
 records the commit it ran on (``git describe --dirty``); the report lists them. To keep
@@ -278,6 +279,16 @@ def _cell_details(root: Path) -> dict:
     return details
 
 
+def _write_tile_scores(out_dir: Path, path: Path) -> None:
+    """Every cell's ``eval/metrics.csv`` rows in one CSV, each prefixed with its cell's name."""
+    rows = [{"cell": summary.parent.parent.name, **row} for summary in sorted((out_dir / "cells").glob("*/eval/metrics.csv"))
+            for row in csv.DictReader(open(summary))]
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["cell"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def _mean_spread(values: list[float]) -> str:
     if not values:
         return "–"
@@ -403,6 +414,8 @@ def report(preset: str = "cpu", out: str | None = None, report_to: str = "docs/r
     target = REPO_ROOT / report_to
     _plot(cells, inits, fractions, target / f"{name}.png", f"{name}: AJI vs labels")
     lines += ["", f"![AJI against label fraction]({name}.png)", ""]
+    _write_tile_scores(out_dir, target / f"{name}_tiles.csv")
+    lines += [f"Per-tile scores of every cell: [`{name}_tiles.csv`]({name}_tiles.csv).", ""]
     reading = target / f"{name}_reading.md"  # hand-written notes survive a regenerated report
     if reading.is_file():
         lines += [reading.read_text().rstrip(), ""]

@@ -1,5 +1,6 @@
 """The experiment runner on a tiny grid: table shape, plot, and resume without rerunning cells."""
 
+import csv
 import importlib.util
 import json
 import subprocess
@@ -85,7 +86,7 @@ def test_report_under_another_name_keeps_the_hand_written_reading(grid, tmp_path
     result = subprocess.run(RUNNER + ["report", "--preset", "tiny", "--out", str(out), "--report_to", str(tmp_path), "--name", "variant"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["variant.md", "variant.png", "variant_reading.md"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["variant.md", "variant.png", "variant_reading.md", "variant_tiles.csv"]
     report = (tmp_path / "variant.md").read_text()
     assert report.startswith("# Experiment results: `tiny` preset (variant)")
     assert report.rstrip().endswith("## Reading\n- written by hand")
@@ -105,6 +106,10 @@ def test_report_lists_every_cell_with_its_thresholds_and_worst_tile(grid):
         assert row[6].strip() == f"{100 * stored['chosen_by']['score_of_defaults']:.2f}"
         assert row[8].strip().startswith(worst.split(",")[0] + " (")
     assert "Worst validation tile over all cells: " in report
+    tiles = list(csv.DictReader(open(docs / "tiny_tiles.csv")))
+    assert {row["cell"] for row in tiles} == {"scratch_f100_s0", "ssl_f100_s0"}
+    assert len(tiles) == sum(len((out / "cells" / cell / "eval" / "metrics.csv").read_text().splitlines()) - 1
+                             for cell in ("scratch_f100_s0", "ssl_f100_s0"))
 
 
 def test_cross_validation_pretrains_each_fold_on_its_own_training_tiles(tmp_path, synthetic_dir):
