@@ -7,13 +7,13 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow benchmark clean
+.PHONY: demo test test-slow lint benchmark clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH)"
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet -e ".[test,lint]"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -21,6 +21,13 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The MONAI model zoo's code-format rules (black, isort, flake8 at 120 columns; JSON with 4-space indents)
+lint: $(STAMP)
+	$(VENV)/bin/black --check --quiet bundle scripts tests
+	$(VENV)/bin/isort --check-only --quiet bundle scripts tests
+	$(VENV)/bin/flake8 bundle scripts tests
+	$(VENV)/bin/pretty-format-json --no-sort-keys --indent=4 configs/*.json
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

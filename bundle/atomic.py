@@ -52,9 +52,12 @@ class DiskFullError(OSError):
 
     def __init__(self, path: Path, written: int):
         free = shutil.disk_usage(path.parent).free
-        super().__init__(errno.ENOSPC, f"{path}: no space left on the device ({free / 2**20:.0f} MiB free; the file needs more than "
-                                       f"the {written / 2**20:.0f} MiB written before the disk filled); the earlier file, if any, "
-                                       "is unchanged and no partial file is left")
+        super().__init__(
+            errno.ENOSPC,
+            f"{path}: no space left on the device ({free / 2**20:.0f} MiB free; the file needs more than "
+            f"the {written / 2**20:.0f} MiB written before the disk filled); the earlier file, if any, "
+            "is unchanged and no partial file is left",
+        )
         self.path = path
 
     def __str__(self) -> str:

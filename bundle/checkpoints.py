@@ -9,7 +9,9 @@ from pathlib import Path
 import torch
 from monai.handlers import CheckpointLoader
 
-PICKLED_OBJECTS = "holds Python objects other than tensors and plain containers; refused, since unpickling them could run code"
+PICKLED_OBJECTS = (
+    "holds Python objects other than tensors and plain containers; refused, since unpickling them could run code"
+)
 
 
 class CheckpointError(ValueError):
@@ -48,8 +50,9 @@ def archive_problem(path: str | Path) -> str | None:
     return None
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", required_keys: Sequence[str] = (),
-                    mmap: bool = False) -> dict:
+def load_checkpoint(
+    path: str | Path, map_location: str | torch.device = "cpu", required_keys: Sequence[str] = (), mmap: bool = False
+) -> dict:
     """The dict in checkpoint ``path``, loaded tensor-only; ``CheckpointError`` naming the file otherwise.
 
     ``required_keys``: top-level keys the dict must hold (e.g. ``"network"``).
@@ -81,15 +84,19 @@ class CheckedCheckpointLoader(CheckpointLoader):
 
     def __call__(self, engine) -> None:
         if not Path(self.load_path).exists():
-            raise CheckpointError(self.load_path, "file not found; train a model first (configs/train.json writes models/model.pt "
-                                                  "under --bundle_root) or point --model_path at one")
+            raise CheckpointError(
+                self.load_path,
+                "file not found; train a model first (configs/train.json writes models/model.pt "
+                "under --bundle_root) or point --model_path at one",
+            )
         content = load_checkpoint(self.load_path, mmap=True)
         try:
             super().__call__(engine)
         except Exception as error:
             raise CheckpointError(
-                self.load_path, f"does not fit this workflow's {', '.join(self.load_dict)} ({type(error).__name__}: "
-                                f"{_first_line(error)}){_backbone_hint(content)}"
+                self.load_path,
+                f"does not fit this workflow's {', '.join(self.load_dict)} ({type(error).__name__}: "
+                f"{_first_line(error)}){_backbone_hint(content)}",
             ) from None
 
 
@@ -98,6 +105,10 @@ def _backbone_hint(content: dict) -> str:
     from bundle.initialization import describe_architecture  # bundle.initialization loads through this module
 
     network = content.get("network", content)
-    encoder = {key.removeprefix("encoder."): value for key, value in network.items() if key.startswith("encoder.")} if isinstance(network, dict) else {}
+    encoder = (
+        {key.removeprefix("encoder."): value for key, value in network.items() if key.startswith("encoder.")}
+        if isinstance(network, dict)
+        else {}
+    )
     name = describe_architecture(encoder) if encoder else ""
     return f"; it holds a {name} network: rerun with --backbone {name}" if name.startswith("resnet") else ""

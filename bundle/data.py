@@ -190,7 +190,9 @@ def _as_rgb_uint8(path: Path, array: np.ndarray) -> np.ndarray:
         return ((rgb.astype(np.uint32) + 128) // 257).astype(np.uint8)
     if rgb.dtype.kind == "f":
         if not np.isfinite(rgb).all():
-            raise DataFileError(path, f"float image with {np.count_nonzero(~np.isfinite(rgb))} NaN or infinite value(s)")
+            raise DataFileError(
+                path, f"float image with {np.count_nonzero(~np.isfinite(rgb))} NaN or infinite value(s)"
+            )
         if rgb.min() < 0 or rgb.max() > 1:
             raise DataFileError(path, "float image with values outside [0, 1]")
         return np.round(rgb * 255).astype(np.uint8)
@@ -240,7 +242,13 @@ def usable_ring(xy) -> Ring | None:
         ring = np.array(xy, dtype=np.float64)
     except (TypeError, ValueError):
         return None
-    if ring.ndim != 2 or ring.shape[1] != 2 or len(ring) < 3 or not np.isfinite(ring).all() or np.abs(ring).max() > MAX_XML_COORDINATE:
+    if (
+        ring.ndim != 2
+        or ring.shape[1] != 2
+        or len(ring) < 3
+        or not np.isfinite(ring).all()
+        or np.abs(ring).max() > MAX_XML_COORDINATE
+    ):
         return None
     return ring.T
 
@@ -260,7 +268,9 @@ def _polygon_pixels(exterior: Ring, holes: list[Ring], shape: tuple[int, int]) -
     return rows + top, cols + left
 
 
-def rasterise_nuclei(path: Path, nuclei: list[list[tuple[Ring, list[Ring]]] | None], shape: tuple[int, int]) -> np.ndarray:
+def rasterise_nuclei(
+    path: Path, nuclei: list[list[tuple[Ring, list[Ring]]] | None], shape: tuple[int, int]
+) -> np.ndarray:
     """``(H, W)`` int32 instance map of ``nuclei`` (each a list of polygons ``(exterior, holes)``, or
     None when unusable), read from ``path``; the rules of :func:`read_aperio_xml` (ids in order,
     the first nucleus keeps shared pixels, unusable and oversized ones skipped, one warning)."""
@@ -280,8 +290,12 @@ def rasterise_nuclei(path: Path, nuclei: list[list[tuple[Ring, list[Ring]]] | No
         free = label[rows, cols] == 0
         label[rows[free], cols[free]] = next_id
         next_id += 1
-    problems = [f"skipped {skipped} region(s) with fewer than 3 vertices or non-numeric/non-finite/out-of-range coordinates"] * bool(skipped)
-    problems += [f"skipped {oversized} region(s) covering more than {largest:.0f} px (no nucleus is that large)"] * bool(oversized)
+    problems = [
+        f"skipped {skipped} region(s) with fewer than 3 vertices or non-numeric/non-finite/out-of-range coordinates"
+    ] * bool(skipped)
+    problems += [
+        f"skipped {oversized} region(s) covering more than {largest:.0f} px (no nucleus is that large)"
+    ] * bool(oversized)
     problems += [f"{outside} region(s) lie wholly outside the {shape[0]}x{shape[1]} tile"] * bool(outside)
     if problems and not label.any():
         problems.append("no nucleus is left in the label")
@@ -365,7 +379,9 @@ def write_label(path: str | os.PathLike, label: np.ndarray, mpp: float | None = 
         raise DataFileError(path, f"PNG holds ids up to 65535, this map reaches {stored.max()}; use .tif")
     with atomic_path(path) as tmp:
         if mpp is not None and suffix in TIFF_SUFFIXES:
-            tifffile.imwrite(tmp, stored, compression="zlib", resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER")
+            tifffile.imwrite(
+                tmp, stored, compression="zlib", resolution=(1e4 / mpp, 1e4 / mpp), resolutionunit="CENTIMETER"
+            )
         else:
             _LABEL_WRITERS[suffix](tmp, stored)
 
@@ -408,7 +424,9 @@ def _storage_label(path: Path, label: np.ndarray) -> np.ndarray:
 
 def _check_value_count(path: Path, shape: tuple[int, ...], max_pixels: int) -> None:
     if math.prod(shape) > max_pixels:
-        raise DataFileError(path, f"header claims a {'x'.join(map(str, shape))} label map, more than the limit of {max_pixels} values")
+        raise DataFileError(
+            path, f"header claims a {'x'.join(map(str, shape))} label map, more than the limit of {max_pixels} values"
+        )
 
 
 def _read_tiff_label(path: Path, max_pixels: int) -> np.ndarray:

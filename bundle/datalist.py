@@ -155,13 +155,17 @@ def _files_by_stem(folder: Path, suffixes: Sequence[str]) -> tuple[dict[str, Pat
     by_folded_stem: dict[str, Path] = {}  # X.tif and x.TIF collide on case-insensitive file systems
     ignored: list[Path] = []
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not (path.is_file() or path.is_symlink()):  # a broken link is read, and reported, later
+        if path.name.startswith(".") or not (
+            path.is_file() or path.is_symlink()
+        ):  # a broken link is read, and reported, later
             continue
         if suffix_of(path) not in suffixes:
             ignored.append(path)
             continue
         stem = stem_of(path)
         if stem.casefold() in by_folded_stem:
-            raise DataFileError(path, f"shares its stem with {by_folded_stem[stem.casefold()]} (ignoring case); keep one")
+            raise DataFileError(
+                path, f"shares its stem with {by_folded_stem[stem.casefold()]} (ignoring case); keep one"
+            )
         found[stem] = by_folded_stem[stem.casefold()] = path
     return found, ignored

@@ -18,7 +18,11 @@ class PrepareTripletBatch(PrepareBatch):
         self.keys = tuple(keys)
 
     def __call__(
-        self, batchdata: dict[str, torch.Tensor], device: str | torch.device | None = None, non_blocking: bool = False, **kwargs: Any
+        self,
+        batchdata: dict[str, torch.Tensor],
+        device: str | torch.device | None = None,
+        non_blocking: bool = False,
+        **kwargs: Any,
     ) -> tuple[torch.Tensor, None]:
         inputs = torch.cat([torch.as_tensor(batchdata[key]) for key in self.keys])
         return inputs.to(device=device, non_blocking=non_blocking, **kwargs), None

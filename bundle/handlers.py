@@ -38,7 +38,11 @@ def latest_checkpoint(folder: str | Path, required_keys: Sequence[str] = ()) -> 
     file) is skipped with a logged warning naming it and the problem, and the next lower
     epoch is tried, so a resume never stops on, or silently loads, a broken newest file.
     """
-    found = [(int(m.group(1)), p) for p in Path(folder).glob("*checkpoint_epoch=*.pt") if (m := CHECKPOINT_PATTERN.search(p.name))]
+    found = [
+        (int(m.group(1)), p)
+        for p in Path(folder).glob("*checkpoint_epoch=*.pt")
+        if (m := CHECKPOINT_PATTERN.search(p.name))
+    ]
     for _, path in sorted(found, reverse=True):
         try:
             load_checkpoint(path, required_keys=required_keys, mmap=True)
@@ -68,7 +72,9 @@ def set_aside_checkpoints(folder: str | Path) -> Path | None:
             path.replace(target / path.name)
         except FileNotFoundError:  # another rank of a multi-process run moved it
             continue
-    logger.warning("%s: starting over, so the earlier run's %d checkpoint(s) were moved to %s", folder, len(found), target)
+    logger.warning(
+        "%s: starting over, so the earlier run's %d checkpoint(s) were moved to %s", folder, len(found), target
+    )
     return target
 
 
@@ -81,8 +87,11 @@ def prune_checkpoints(folder: str | Path, keep: int, written: str | Path) -> lis
     ``written`` are left alone: not this run's to judge (a broken one is skipped on resume).
     """
     newest = int(CHECKPOINT_PATTERN.search(Path(written).name).group(1))
-    older = sorted((int(m.group(1)), p) for p in Path(folder).glob("*checkpoint_epoch=*.pt")
-                   if (m := CHECKPOINT_PATTERN.search(p.name)) and int(m.group(1)) < newest)
+    older = sorted(
+        (int(m.group(1)), p)
+        for p in Path(folder).glob("*checkpoint_epoch=*.pt")
+        if (m := CHECKPOINT_PATTERN.search(p.name)) and int(m.group(1)) < newest
+    )
     stale = [path for _, path in older[: max(0, len(older) - (keep - 1))]]
     for path in stale:
         path.unlink(missing_ok=True)
@@ -243,7 +252,9 @@ class NucleiMetricsWriter:
     means are logged.
     """
 
-    def __init__(self, output_dir: str | Path, pred_key: str = "instances", label_key: str = "label", image_key: str = "image"):
+    def __init__(
+        self, output_dir: str | Path, pred_key: str = "instances", label_key: str = "label", image_key: str = "image"
+    ):
         self.output_dir = Path(output_dir)
         self.pred_key, self.label_key, self.image_key = pred_key, label_key, image_key
         self.rows: list[dict] = []
@@ -275,5 +286,7 @@ class NucleiMetricsWriter:
         summary = {"n_images": len(self.rows), **self.summary()}
         with atomic_path(self.output_dir / "metrics_summary.json") as tmp:
             tmp.write_text(json.dumps(summary, indent=2))
-        logger.info("mean over %d images: %s", len(self.rows), ", ".join(f"{k} {v:.4f}" for k, v in self.summary().items()))
+        logger.info(
+            "mean over %d images: %s", len(self.rows), ", ".join(f"{k} {v:.4f}" for k, v in self.summary().items())
+        )
         print(f"metrics of {len(self.rows)} images written to {(self.output_dir / 'metrics.csv').resolve()}")

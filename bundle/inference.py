@@ -15,7 +15,14 @@ from monai.utils import convert_to_numpy
 from bundle.data import MAX_PIXELS, DataFileError, read_image, stem_of
 from bundle.output_folder import PARTIAL_PREFIX, OutputFolder
 from bundle.transforms import PATH_SUFFIX
-from bundle.writers import nuclei_geojson, nucleus_table, write_geojson, write_instance_tiff, write_nuclei_csv, write_overlay_png
+from bundle.writers import (
+    nuclei_geojson,
+    nucleus_table,
+    write_geojson,
+    write_instance_tiff,
+    write_nuclei_csv,
+    write_overlay_png,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -61,13 +68,18 @@ class TileScreen:
             stem = stem_of(path).casefold()  # Z.tif and z.TIF collide on case-insensitive file systems
             try:
                 if stem in stems:
-                    raise DataFileError(path, f"same file stem as {stems[stem]}: their outputs would overwrite each other")
+                    raise DataFileError(
+                        path, f"same file stem as {stems[stem]}: their outputs would overwrite each other"
+                    )
                 height, width = read_image(path, self.max_pixels).shape[:2]
                 needed = height * width * INFERENCE_BYTES_PER_PIXEL
                 if needed > self.memory_bytes:
-                    raise DataFileError(path, f"{height}x{width} pixels need about {needed / 2**30:.1f} GiB for tile inference, "
-                                              f"{self.memory_bytes / 2**30:.1f} GiB available; run configs/inference_wsi.json on it "
-                                              "(it works through a large image tile by tile)")
+                    raise DataFileError(
+                        path,
+                        f"{height}x{width} pixels need about {needed / 2**30:.1f} GiB for tile inference, "
+                        f"{self.memory_bytes / 2**30:.1f} GiB available; run configs/inference_wsi.json on it "
+                        "(it works through a large image tile by tile)",
+                    )
                 good.append(item)
                 stems[stem] = path
             except (DataFileError, OSError, ValueError) as error:
@@ -80,8 +92,10 @@ class TileScreen:
         """Raise ``SystemExit(1)`` listing the failed tiles, if any; otherwise do nothing."""
         if self.failures:
             listing = "\n".join(f"  {message}" for message in self.failures.values())
-            raise SystemExit(f"{len(self.failures)} tile(s) could not be read, processed or written (or would overwrite another tile's "
-                             f"outputs) and were skipped:\n{listing}")
+            raise SystemExit(
+                f"{len(self.failures)} tile(s) could not be read, processed or written (or would overwrite another tile's "
+                f"outputs) and were skipped:\n{listing}"
+            )
 
 
 def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
@@ -104,8 +118,14 @@ class SaveNucleiOutputsd(MapTransform):
     (3, H, W) float in [0, 1] and ``d[key]`` (1, H, W) instance ids.
     """
 
-    def __init__(self, keys: KeysCollection = "instances", output_dir: str | Path = "outputs", image_key: str = "image",
-                 folder: OutputFolder | None = None, mpp: float | None = None):
+    def __init__(
+        self,
+        keys: KeysCollection = "instances",
+        output_dir: str | Path = "outputs",
+        image_key: str = "image",
+        folder: OutputFolder | None = None,
+        mpp: float | None = None,
+    ):
         super().__init__(keys)
         self.output_dir, self.image_key, self.folder, self.mpp = Path(output_dir), image_key, folder, mpp
 
@@ -151,7 +171,9 @@ class TileEvaluator(SupervisedEvaluator):
             while error.__cause__ is not None:  # MONAI wraps a failing transform's error in "applying transform ..."
                 error = error.__cause__
             for path in batchdata.get(f"{self.image_key}{PATH_SUFFIX}", ["tile"]):
-                message = f"{path}: failed during inference ({type(error).__name__}: {str(error)[:300]}); no output written"
+                message = (
+                    f"{path}: failed during inference ({type(error).__name__}: {str(error)[:300]}); no output written"
+                )
                 self.screen.failures[str(path)] = message
                 logger.error("skipping tile: %s", message)
             engine.state.output = {}

@@ -34,7 +34,9 @@ class CpuBf16Inferer(Inferer):
         self.inferer = inferer if inferer is not None else SimpleInferer()
         self.enabled = cpu_has_native_bf16() if enabled == "auto" else enabled
 
-    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         if not self.enabled or inputs.device.type != "cpu":
             return self.inferer(inputs, network, *args, **kwargs)
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -59,7 +61,9 @@ class FlipTTAInferer(Inferer):
         if self.enabled and not self.flips:
             raise ValueError("flips must name at least one flip (the identity is ())")
 
-    def __call__(self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any) -> torch.Tensor:
+    def __call__(
+        self, inputs: torch.Tensor, network: Callable[..., torch.Tensor], *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         if not self.enabled:
             return self.inferer(inputs, network, *args, **kwargs)
         total = None

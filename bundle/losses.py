@@ -16,7 +16,9 @@ def squared_l2(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x - y).pow(2).sum(dim=1)
 
 
-def split_triplets(pred: tuple[torch.Tensor, torch.Tensor]) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
+def split_triplets(
+    pred: tuple[torch.Tensor, torch.Tensor],
+) -> tuple[tuple[torch.Tensor, ...], tuple[torch.Tensor, ...]]:
     """(z (3B, E), count (3B,)) -> ((za, zp, zn), (fa, fp, fn)), each (B, ...)."""
     z, count = pred
     if z.shape[0] % 3:
@@ -120,7 +122,9 @@ class ColorRegressionLoss(nn.Module):
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if pred.shape != target.shape:
-            raise ValueError(f"prediction {tuple(pred.shape)} and red-channel target {tuple(target.shape)} differ in shape")
+            raise ValueError(
+                f"prediction {tuple(pred.shape)} and red-channel target {tuple(target.shape)} differ in shape"
+            )
         return self.distance(torch.sigmoid(pred.float()), target.float())
 
     def log_values(self, output: dict) -> dict[str, float]:

@@ -159,11 +159,7 @@ def _aji_of_matches(table: OverlapTable, matched_pairs: np.ndarray) -> float:
     pred_used = np.zeros(table.n_pred, dtype=bool)
     pred_used[table.pair_pred[matched_pairs]] = True
     intersection = table.pair_intersection[matched_pairs].sum()
-    union = (
-        table.pair_union[matched_pairs].sum()
-        + table.gt_area[~gt_matched].sum()
-        + table.pred_area[~pred_used].sum()
-    )
+    union = table.pair_union[matched_pairs].sum() + table.gt_area[~gt_matched].sum() + table.pred_area[~pred_used].sum()
     return _ratio(intersection, union, table)
 
 
@@ -299,9 +295,7 @@ class NucleiMetric(CumulativeIterationMetric):
         if unknown or not self.metric_names:
             raise ValueError(f"unknown metric names {unknown}; choose from {METRIC_NAMES}")
 
-    def _compute_tensor(
-        self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any
-    ) -> torch.Tensor:
+    def _compute_tensor(self, y_pred: torch.Tensor, y: torch.Tensor | None = None, **kwargs: Any) -> torch.Tensor:
         if y is None:
             raise ValueError("NucleiMetric needs the ground truth y")
         preds, gts = _label_batch(y_pred, "y_pred"), _label_batch(y, "y")

@@ -15,7 +15,9 @@ from torch import nn
 def build_encoder(backbone: str = "resnet101", in_channels: int = 3, spatial_dims: int = 2) -> nn.Module:
     """The encoder of ``FlexibleUNet(in_channels, ..., backbone)``: returns a list of feature maps."""
     if backbone not in FLEXUNET_BACKBONE.register_dict:
-        raise ValueError(f"unknown backbone {backbone!r}; FlexibleUNet offers {sorted(FLEXUNET_BACKBONE.register_dict)}")
+        raise ValueError(
+            f"unknown backbone {backbone!r}; FlexibleUNet offers {sorted(FLEXUNET_BACKBONE.register_dict)}"
+        )
     entry = FLEXUNET_BACKBONE.register_dict[backbone]
     params = {**entry["parameter"], "spatial_dims": spatial_dims, "in_channels": in_channels, "pretrained": False}
     return entry["type"](**params)
@@ -37,7 +39,9 @@ class TripletEncoderNet(nn.Module):
     ``(z, count)`` for the whole batch.
     """
 
-    def __init__(self, backbone: str = "resnet101", in_channels: int = 3, embedding_dim: int = 128, spatial_dims: int = 2):
+    def __init__(
+        self, backbone: str = "resnet101", in_channels: int = 3, embedding_dim: int = 128, spatial_dims: int = 2
+    ):
         super().__init__()
         self.backbone = backbone
         self.encoder = build_encoder(backbone, in_channels, spatial_dims)
@@ -60,9 +64,13 @@ class TripletEncoderNet(nn.Module):
         return torch.einsum("nehw,oe->nohw", z_map, self.count_head.weight)[:, 0] + self.count_head.bias
 
 
-def segmentation_unet(backbone: str = "resnet101", in_channels: int = 3, out_channels: int = 3, **kwargs) -> FlexibleUNet:
+def segmentation_unet(
+    backbone: str = "resnet101", in_channels: int = 3, out_channels: int = 3, **kwargs
+) -> FlexibleUNet:
     """The fine-tuning network: ``FlexibleUNet`` with a random decoder (3 classes by default)."""
-    return FlexibleUNet(in_channels=in_channels, out_channels=out_channels, backbone=backbone, pretrained=False, **kwargs)
+    return FlexibleUNet(
+        in_channels=in_channels, out_channels=out_channels, backbone=backbone, pretrained=False, **kwargs
+    )
 
 
 class PretextClassifierNet(nn.Module):

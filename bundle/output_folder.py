@@ -56,14 +56,19 @@ class OutputFolder:
         self.path.mkdir(parents=True, exist_ok=True)
         self._lock()
         self._remove_leftovers()
-        self.model = {"path": str(self.model_path.resolve()), "sha256": file_digest(self.model_path) if self.model_path.is_file() else None}
+        self.model = {
+            "path": str(self.model_path.resolve()),
+            "sha256": file_digest(self.model_path) if self.model_path.is_file() else None,
+        }
         manifest = self.path / MANIFEST_NAME
         self.tiles: dict[str, dict] = json.loads(manifest.read_text()) if manifest.is_file() else {}
         others = sorted({entry["model"]["sha256"] for entry in self.tiles.values()} - {self.model["sha256"]})
         if others and not overwrite:
             self._unlock()
-            raise SystemExit(f"{self.path}: holds outputs of another model (sha256 {', '.join(others)}; see {MANIFEST_NAME}); "
-                             "choose another --output_dir, or rerun with --overwrite True to replace them")
+            raise SystemExit(
+                f"{self.path}: holds outputs of another model (sha256 {', '.join(others)}; see {MANIFEST_NAME}); "
+                "choose another --output_dir, or rerun with --overwrite True to replace them"
+            )
 
     def _lock(self) -> None:
         lock = self.path / LOCK_NAME
@@ -73,9 +78,13 @@ class OutputFolder:
             except FileExistsError:
                 holder = lock.read_text().strip() or "0"
                 if holder.isdigit() and _alive(int(holder)) and int(holder) != os.getpid():
-                    raise SystemExit(f"{self.path}: another inference run (pid {holder}) is writing to this folder; "
-                                     "wait for it to end or choose another --output_dir") from None
-                logger.warning("%s: taking over the lock of a run that is no longer running (pid %s)", self.path, holder)
+                    raise SystemExit(
+                        f"{self.path}: another inference run (pid {holder}) is writing to this folder; "
+                        "wait for it to end or choose another --output_dir"
+                    ) from None
+                logger.warning(
+                    "%s: taking over the lock of a run that is no longer running (pid %s)", self.path, holder
+                )
                 lock.unlink(missing_ok=True)
                 continue
             os.write(handle, str(os.getpid()).encode())
@@ -98,6 +107,10 @@ class OutputFolder:
 
     def record(self, stem: str, files: list[str]) -> None:
         """Note in the manifest that this run's model wrote ``files`` for ``stem``."""
-        self.tiles[stem] = {"model": self.model, "files": files, "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        self.tiles[stem] = {
+            "model": self.model,
+            "files": files,
+            "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
         with atomic_path(self.path / MANIFEST_NAME) as tmp:
             tmp.write_text(json.dumps(self.tiles, indent=1, sort_keys=True))

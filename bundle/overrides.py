@@ -16,8 +16,20 @@ from monai.bundle.scripts import run as bundle_run
 
 # Arguments of the runner itself, not config items.
 RUNNER_ARGUMENTS = {name for name, p in inspect.signature(bundle_run).parameters.items() if p.kind != p.VAR_KEYWORD}
-POSITIVE = {"crop_size", "roi_size", "val_roi_size", "batch_size", "max_epochs", "epoch_steps", "val_interval", "checkpoint_interval",
-            "crops_per_tile", "triplets_per_epoch", "learning_rate", "sw_batch_size"}
+POSITIVE = {
+    "crop_size",
+    "roi_size",
+    "val_roi_size",
+    "batch_size",
+    "max_epochs",
+    "epoch_steps",
+    "val_interval",
+    "checkpoint_interval",
+    "crops_per_tile",
+    "triplets_per_epoch",
+    "learning_rate",
+    "sw_batch_size",
+}
 NON_NEGATIVE = {"num_workers", "weight_decay", "seed", "max_shift"}
 UNIT_INTERVAL = {"label_fraction"}  # (0, 1]
 
@@ -104,13 +116,22 @@ def _config_ids(content: Any, prefix: str = "") -> set[str]:
 
 def parameter_listing(config: ConfigParser, config_files: list[str]) -> str:
     """The workflow's parameters (top-level items whose default is a value or an expression, not a component) with their defaults."""
-    rows = [(key, value) for key, value in config.get().items()
-            if not key.startswith("_") and key not in ("imports", "initialize", "run", "finalize")
-            and not (isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, dict) for v in value)))]
+    rows = [
+        (key, value)
+        for key, value in config.get().items()
+        if not key.startswith("_")
+        and key not in ("imports", "initialize", "run", "finalize")
+        and not (isinstance(value, dict) or (isinstance(value, list) and any(isinstance(v, dict) for v in value)))
+    ]
     width = max(len(key) for key, _ in rows)
-    lines = [f"Parameters of {' + '.join(Path(f).name for f in config_files)} (override with --key value; "
-             "nested items as --section#key value):"]
-    spelled = lambda value: repr(value) if value is None or isinstance(value, bool) else json.dumps(value)  # as fire reads it back
+    lines = [
+        f"Parameters of {' + '.join(Path(f).name for f in config_files)} (override with --key value; "
+        "nested items as --section#key value):"
+    ]
+
+    def spelled(value: Any) -> str:  # as fire reads it back
+        return repr(value) if value is None or isinstance(value, bool) else json.dumps(value)
+
     lines += [f"  --{key:<{width}}  {spelled(value)}" for key, value in sorted(rows)]
     return "\n".join(lines)
 
@@ -129,5 +150,7 @@ def check_overrides(arguments: Sequence[str]) -> None:
         raise SystemExit(0)
     problems = override_problems(overrides, config)
     if problems:
-        raise SystemExit(f"{len(problems)} problem(s) with the command-line overrides; nothing was run:\n"
-                         + "\n".join(f"  {p}" for p in problems))
+        raise SystemExit(
+            f"{len(problems)} problem(s) with the command-line overrides; nothing was run:\n"
+            + "\n".join(f"  {p}" for p in problems)
+        )

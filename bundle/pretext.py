@@ -166,7 +166,9 @@ def gap_tiles(tiles: torch.Tensor, offsets: np.ndarray, gap: int, fill_value: fl
     framed = torch.full_like(tiles, fill_value)
     start = gap // 2
     for cell, (row, col) in enumerate(offsets):
-        framed[cell, :, start : start + inner, start : start + inner] = tiles[cell, :, row : row + inner, col : col + inner]
+        framed[cell, :, start : start + inner, start : start + inner] = tiles[
+            cell, :, row : row + inner, col : col + inner
+        ]
     return framed
 
 
@@ -198,7 +200,9 @@ class JigsawPretext(Randomizable, Transform):
         self.crop_size = int(crop_size) - int(crop_size) % JIGSAW_GRID
         tile = self.crop_size // JIGSAW_GRID
         if not 0 <= tile_gap < tile:
-            raise ValueError(f"tile_gap must be in [0, {tile}) for {tile}-pixel tiles (crop_size={crop_size}), got {tile_gap}")
+            raise ValueError(
+                f"tile_gap must be in [0, {tile}) for {tile}-pixel tiles (crop_size={crop_size}), got {tile_gap}"
+            )
         self.tile_gap, self.fill_value = int(tile_gap), fill_value
         self.permutations = maximal_hamming_permutations(n_permutations, permutation_seed, include_identity)
         self.corner, self.index = (0, 0), 0
@@ -240,7 +244,9 @@ class ColorMePretext(Randomizable, Transform):
     def __call__(self, image: np.ndarray | torch.Tensor, randomize: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         image = plain_tensor(image)
         if not 0 <= self.channel < image.shape[0]:
-            raise ValueError(f"ColorMe channel {self.channel} is out of range for an image with {image.shape[0]} channels")
+            raise ValueError(
+                f"ColorMe channel {self.channel} is out of range for an image with {image.shape[0]} channels"
+            )
         if randomize:
             self.randomize(image.shape[-2:])
         crop = crop_square(image, self.corner, self.crop_size)
@@ -263,7 +269,9 @@ class PretextDictionary(Randomizable, MapTransform):
             raise ValueError(f"{type(self).__name__} takes one source key, got {self.keys}")
         self.transform, self.label_key = transform, label_key
 
-    def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> "PretextDictionary":
+    def set_random_state(
+        self, seed: int | None = None, state: np.random.RandomState | None = None
+    ) -> "PretextDictionary":
         super().set_random_state(seed, state)
         self.transform.set_random_state(state=self.R)
         return self
@@ -312,6 +320,11 @@ class ColorMePretextd(PretextDictionary):
     """Dictionary version of :class:`ColorMePretext`: ``d[label_key]`` is the (1, S, S) float target."""
 
     def __init__(
-        self, keys: KeysCollection = "image", crop_size: int = 768, channel: int = 0, max_value: float = 255.0, label_key: str = "label"
+        self,
+        keys: KeysCollection = "image",
+        crop_size: int = 768,
+        channel: int = 0,
+        max_value: float = 255.0,
+        label_key: str = "label",
     ):
         super().__init__(keys, ColorMePretext(crop_size, channel, max_value), label_key)

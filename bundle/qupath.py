@@ -83,8 +83,12 @@ def read_qupath_geojson(path: str | os.PathLike, shape: tuple[int, int]) -> np.n
     try:
         content = json.loads(text)
     except json.JSONDecodeError as error:
-        raise DataFileError(path, f"malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}") from error
+        raise DataFileError(
+            path, f"malformed JSON at line {error.lineno}, column {error.colno}: {error.msg}"
+        ) from error
     features = _features(content)
     if not features and not (isinstance(content, dict) and content.get("type") == "FeatureCollection"):
-        raise DataFileError(path, "not GeoJSON: expected a FeatureCollection, a list of features, a feature or a geometry")
+        raise DataFileError(
+            path, "not GeoJSON: expected a FeatureCollection, a list of features, a feature or a geometry"
+        )
     return rasterise_nuclei(path, [_nucleus(feature) for feature in features], shape)

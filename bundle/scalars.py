@@ -20,6 +20,6 @@ def tail_means(series: dict[str, list[tuple[int, float]]], fraction: float = 0.2
     """Mean of each tag over its last ``fraction`` of points (at least one): where a run ended up."""
     means = {}
     for tag, points in series.items():
-        tail = points[-max(1, round(fraction * len(points))):]
+        tail = points[-max(1, round(fraction * len(points))) :]
         means[tag] = sum(value for _, value in tail) / len(tail)
     return means

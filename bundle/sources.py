@@ -13,23 +13,29 @@ def _items_from_datalist(path: Path, sections: tuple[str, ...]) -> list[dict[str
     try:
         datalist = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: not a readable datalist JSON ({error}); give a datalist, a folder of tiles, "
-                         f"or one tile ({', '.join(IMAGE_SUFFIXES)})") from None
+        raise ValueError(
+            f"{path}: not a readable datalist JSON ({error}); give a datalist, a folder of tiles, "
+            f"or one tile ({', '.join(IMAGE_SUFFIXES)})"
+        ) from None
     if not isinstance(datalist, dict):
-        raise ValueError(f"{path}: not a datalist (a JSON object of sections, e.g. {{\"test\": [{{\"image\": ...}}]}})")
+        raise ValueError(f'{path}: not a datalist (a JSON object of sections, e.g. {{"test": [{{"image": ...}}]}})')
     items = [item for section in sections for item in datalist.get(section, [])]
     if not items:
         present = {name: len(value) for name, value in datalist.items() if isinstance(value, list) and value}
-        raise FileNotFoundError(f"{path}: no images in section(s) {', '.join(sections)}; it has "
-                                + (", ".join(f"{name} ({count})" for name, count in present.items()) or "no non-empty section")
-                                + " (choose with --sections, e.g. --sections \"['validation']\")")
+        raise FileNotFoundError(
+            f"{path}: no images in section(s) {', '.join(sections)}; it has "
+            + (", ".join(f"{name} ({count})" for name, count in present.items()) or "no non-empty section")
+            + " (choose with --sections, e.g. --sections \"['validation']\")"
+        )
     return [{"image": str((path.parent / item["image"]).resolve())} for item in items]
 
 
 def _items_from_folder(folder: Path) -> list[dict[str, str]]:
     images_dir = folder / "images" if (folder / "images").is_dir() else folder
     # a link that does not resolve is kept, so that the tile screen lists it as unreadable
-    files = sorted(p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink()))
+    files = sorted(
+        p for p in images_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or p.is_symlink())
+    )
     return [{"image": str(p.resolve() if p.exists() else p.absolute())} for p in files]
 
 

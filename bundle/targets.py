@@ -85,9 +85,7 @@ class InstanceToClassMap(Transform):
 
     def __init__(self, boundary_width: int = 2):
         if boundary_width < 1:
-            raise ValueError(
-                f"boundary_width must be >= 1 (0 would let touching nuclei merge), got {boundary_width}"
-            )
+            raise ValueError(f"boundary_width must be >= 1 (0 would let touching nuclei merge), got {boundary_width}")
         self.boundary_width = boundary_width
 
     def __call__(self, label: NdarrayOrTensor) -> NdarrayOrTensor:

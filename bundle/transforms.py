@@ -85,7 +85,9 @@ class TripletCrop(Randomizable, Transform):
         mode: str = "bilinear",
     ):
         if any(not 0 < side < crop_size for side in negative_sizes) or not negative_sizes:
-            raise ValueError(f"negative_sizes {list(negative_sizes)} must be non-empty and each in (0, crop_size={crop_size})")
+            raise ValueError(
+                f"negative_sizes {list(negative_sizes)} must be non-empty and each in (0, crop_size={crop_size})"
+            )
         if max_shift < 0:
             raise ValueError(f"max_shift must be >= 0, got {max_shift}")
         self.crop_size, self.max_shift, self.mode = crop_size, max_shift, mode
@@ -106,7 +108,11 @@ class TripletCrop(Randomizable, Transform):
         side = int(self.R.choice(self.negative_sizes))
         neg_row = pos_row + int(self.R.randint(0, size - side + 1))
         neg_col = pos_col + int(self.R.randint(0, size - side + 1))
-        self.boxes = {"anchor": (row, col, size), "positive": (pos_row, pos_col, size), "negative": (neg_row, neg_col, side)}
+        self.boxes = {
+            "anchor": (row, col, size),
+            "positive": (pos_row, pos_col, size),
+            "negative": (neg_row, neg_col, side),
+        }
 
     def __call__(self, image: np.ndarray, randomize: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if randomize:

@@ -27,11 +27,15 @@ logger = logging.getLogger(__name__)
 def mean_aji(samples: Sequence[tuple[np.ndarray, np.ndarray]], settings: Mapping) -> float:
     """Mean AJI over ``(probabilities (3, H, W), label (H, W))`` pairs post-processed with ``settings``."""
     to_instances = ClassMapToInstances(**settings)
-    scores = [aji(overlap_table(label, to_instances(prob.astype(np.float32))[0].astype(np.int64))) for prob, label in samples]
+    scores = [
+        aji(overlap_table(label, to_instances(prob.astype(np.float32))[0].astype(np.int64))) for prob, label in samples
+    ]
     return float(np.mean(scores))
 
 
-def search_thresholds(samples: Sequence[tuple[np.ndarray, np.ndarray]], base: Mapping, grid: Mapping[str, Sequence[float]]) -> dict:
+def search_thresholds(
+    samples: Sequence[tuple[np.ndarray, np.ndarray]], base: Mapping, grid: Mapping[str, Sequence[float]]
+) -> dict:
     """The settings of ``grid`` (key -> candidate values, over ``base``) with the highest mean AJI.
 
     Returns ``base`` updated with the best values, plus ``"chosen_by"``: the metric, the
@@ -72,8 +76,14 @@ class ThresholdTuner:
     Probabilities are kept as float16 (6 bytes per pixel per tile) until the search.
     """
 
-    def __init__(self, output_path: str | Path, base: Mapping, grid: Mapping[str, Sequence[float]],
-                 pred_key: str = "pred", label_key: str = "label"):
+    def __init__(
+        self,
+        output_path: str | Path,
+        base: Mapping,
+        grid: Mapping[str, Sequence[float]],
+        pred_key: str = "pred",
+        label_key: str = "label",
+    ):
         self.output_path, self.base, self.grid = Path(output_path), dict(base), {k: list(v) for k, v in grid.items()}
         self.pred_key, self.label_key = pred_key, label_key
         self.samples: list[tuple[np.ndarray, np.ndarray]] = []
@@ -86,7 +96,9 @@ class ThresholdTuner:
     def collect(self, engine: Engine) -> None:
         for batch_item, output_item in zip(engine.state.batch, engine.state.output):
             prob = convert_to_numpy(output_item[self.pred_key]).astype(np.float16)
-            label = convert_to_numpy(batch_item.get(self.label_key, output_item.get(self.label_key)))[0].astype(np.int64)
+            label = convert_to_numpy(batch_item.get(self.label_key, output_item.get(self.label_key)))[0].astype(
+                np.int64
+            )
             self.samples.append((prob, label))
 
     def write(self, engine: Engine) -> None:
@@ -94,7 +106,13 @@ class ThresholdTuner:
         with atomic_path(self.output_path) as tmp:
             tmp.write_text(json.dumps(chosen, indent=1))
         summary = ", ".join(f"{key} {chosen[key]}" for key in self.grid)
-        logger.info("post-processing on %d validation tiles: %s (mean AJI %.4f; defaults %.4f) -> %s", len(self.samples),
-                    summary, chosen["chosen_by"]["score"], chosen["chosen_by"]["score_of_defaults"], self.output_path)
+        logger.info(
+            "post-processing on %d validation tiles: %s (mean AJI %.4f; defaults %.4f) -> %s",
+            len(self.samples),
+            summary,
+            chosen["chosen_by"]["score"],
+            chosen["chosen_by"]["score_of_defaults"],
+            self.output_path,
+        )
         print(f"post-processing thresholds written to {self.output_path.resolve()}: {summary}")
         self.samples.clear()

@@ -45,7 +45,16 @@ CROP_PADDING = 1
 CONTOUR_LEVEL = 0.5
 """Iso-level traced on a nucleus's 0/1 mask: the contour runs along the pixel edges."""
 
-NUCLEUS_COLUMNS = ("id", "centroid_x", "centroid_y", "area", "perimeter", "eccentricity", "mean_hematoxylin", "touches_edge")
+NUCLEUS_COLUMNS = (
+    "id",
+    "centroid_x",
+    "centroid_y",
+    "area",
+    "perimeter",
+    "eccentricity",
+    "mean_hematoxylin",
+    "touches_edge",
+)
 """Columns of :func:`nucleus_table` rows and of the CSV written by :func:`write_nuclei_csv`."""
 
 _REGIONPROPS_COLUMNS = {
@@ -74,9 +83,7 @@ def _checked_rgb(image_rgb: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return image
 
 
-def overlay_contours(
-    image_rgb: np.ndarray, instances: np.ndarray, color: Sequence[int] = NUCLEUS_RGB
-) -> np.ndarray:
+def overlay_contours(image_rgb: np.ndarray, instances: np.ndarray, color: Sequence[int] = NUCLEUS_RGB) -> np.ndarray:
     """(H, W, 3) uint8 copy of ``image_rgb`` with every nucleus outlined in ``color``.
 
     The outline is the nucleus's inner contour (``find_boundaries(mode="inner")``): 1 px inside
@@ -119,7 +126,9 @@ def _simplified(contours: list[np.ndarray], tolerance: float) -> list[np.ndarray
     """
     lengths = [len(contour) for contour in contours]
     chains = shapely.linestrings(np.concatenate(contours), indices=np.repeat(np.arange(len(contours)), lengths))
-    coordinates, owner = shapely.get_coordinates(shapely.simplify(chains, tolerance, preserve_topology=False), return_index=True)
+    coordinates, owner = shapely.get_coordinates(
+        shapely.simplify(chains, tolerance, preserve_topology=False), return_index=True
+    )
     simplified = np.split(coordinates, np.cumsum(np.bincount(owner, minlength=len(contours)))[:-1])
     return [ring if len(ring) >= MIN_RING_POSITIONS else contour for ring, contour in zip(simplified, contours)]
 
@@ -161,7 +170,10 @@ def nuclei_geojson(
             "properties": {
                 "objectType": "detection",
                 "classification": {"name": "Nucleus", "color": [int(channel) for channel in color]},
-                "measurements": {"id": nucleus_id, **(qupath_measurements(by_id[nucleus_id], mpp) if nucleus_id in by_id else {})},
+                "measurements": {
+                    "id": nucleus_id,
+                    **(qupath_measurements(by_id[nucleus_id], mpp) if nucleus_id in by_id else {}),
+                },
             },
         }
         for nucleus_id, ring in instance_polygons(instances, tolerance)
@@ -175,8 +187,12 @@ def qupath_measurements(row: dict, mpp: float | None = None) -> dict:
         sizes = {"Area px^2": float(row["area"]), "Perimeter px": row["perimeter"]}
     else:
         sizes = {"Area µm^2": row["area"] * mpp * mpp, "Perimeter µm": row["perimeter"] * mpp}
-    return {**sizes, "Eccentricity": row["eccentricity"], "Hematoxylin OD mean": row["mean_hematoxylin"],
-            "Touches tile edge": int(row["touches_edge"])}
+    return {
+        **sizes,
+        "Eccentricity": row["eccentricity"],
+        "Hematoxylin OD mean": row["mean_hematoxylin"],
+        "Touches tile edge": int(row["touches_edge"]),
+    }
 
 
 def nucleus_table(image_rgb: np.ndarray, instances: np.ndarray) -> list[dict]:
@@ -193,11 +209,15 @@ def nucleus_table(image_rgb: np.ndarray, instances: np.ndarray) -> list[dict]:
     table = regionprops_table(ids, intensity_image=hematoxylin, properties=_REGIONPROPS)
     columns = {
         name: table[_REGIONPROPS_COLUMNS[name]].astype(np.int64 if name in _INTEGER_COLUMNS else float).tolist()
-        for name in NUCLEUS_COLUMNS if name in _REGIONPROPS_COLUMNS
+        for name in NUCLEUS_COLUMNS
+        if name in _REGIONPROPS_COLUMNS
     }
     height, width = ids.shape
-    columns["touches_edge"] = ((table["bbox-0"] == 0) | (table["bbox-1"] == 0) | (table["bbox-2"] == height)
-                               | (table["bbox-3"] == width)).astype(np.int64).tolist()
+    columns["touches_edge"] = (
+        ((table["bbox-0"] == 0) | (table["bbox-1"] == 0) | (table["bbox-2"] == height) | (table["bbox-3"] == width))
+        .astype(np.int64)
+        .tolist()
+    )
     return [dict(zip(NUCLEUS_COLUMNS, values)) for values in zip(*columns.values())]
 
 

@@ -62,12 +62,12 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, so `bundle` imports when run as a script
 
+from bundle.data import write_image  # noqa: E402
 from bundle.inferers import CpuBf16Inferer, cpu_has_native_bf16  # noqa: E402
 from bundle.losses import InstanceAwareLoss  # noqa: E402
 from bundle.metrics import nuclei_metrics  # noqa: E402
 from bundle.metrics_reference import aji_reference, perturb_instances, random_instance_map  # noqa: E402
 from bundle.networks import TripletEncoderNet  # noqa: E402
-from bundle.data import write_image  # noqa: E402
 from bundle.networks import segmentation_unet  # noqa: E402
 from bundle.postprocess import ClassMapToInstances  # noqa: E402
 from bundle.synthetic import synthesize_tile  # noqa: E402
@@ -153,7 +153,6 @@ def metrics(repeats: int = 20, reference_repeats: int = 3) -> None:
         )
 
 
-
 def synthetic_softmax(classes: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """(1, H, W) class map -> (3, H, W) float32 probabilities: one-hot, blurred, noisy, renormalised."""
     one_hot = np.eye(N_CLASSES, dtype=np.float32)[classes[0]].transpose(2, 0, 1)
@@ -181,7 +180,6 @@ def postprocess(repeats: int = 10) -> None:
     print(f"nuclei recovered: {instances.max()} of {label.max()}")
 
 
-
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -195,7 +193,9 @@ def _step_seconds(step: Callable[[], None], device: torch.device, repeats: int) 
     return median_seconds(timed, repeats)
 
 
-def pretrain(backbone: str = "resnet18", crop_size: int = 256, batch: int = 4, triplets: int = 40, repeats: int = 5) -> None:
+def pretrain(
+    backbone: str = "resnet18", crop_size: int = 256, batch: int = 4, triplets: int = 40, repeats: int = 5
+) -> None:
     """Triplet throughput per loader worker, and the cost of one batched pretraining step."""
     parser = ConfigParser()
     parser.read_config(str(REPO_ROOT / "configs" / "pretrain.json"))
@@ -203,7 +203,10 @@ def pretrain(backbone: str = "resnet18", crop_size: int = 256, batch: int = 4, t
     parser.update({"crop_size": crop_size, "max_shift": crop_size // 3, "negative_sizes": negative_sizes})
     chain = parser.get_parsed_content("train#preprocessing")
     tiles = [synthesize_tile((1000, 1000), seed)[0] for seed in range(4)]
-    cached = [{"image": np.ascontiguousarray(tile.transpose(2, 0, 1)), "image_path": f"tile{i}"} for i, tile in enumerate(tiles)]
+    cached = [
+        {"image": np.ascontiguousarray(tile.transpose(2, 0, 1)), "image_path": f"tile{i}"}
+        for i, tile in enumerate(tiles)
+    ]
     random_part = chain.transforms[1:]  # LoadTiled's output is what CacheDataset keeps
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -214,7 +217,9 @@ def pretrain(backbone: str = "resnet18", crop_size: int = 256, batch: int = 4, t
             sample = transform(sample)
     per_worker = triplets / (time.perf_counter() - start)
     torch.set_num_threads(threads)
-    print(f"(a) triplets at {crop_size} px from 1000x1000 tiles, one process, one thread: {per_worker:.1f} triplets/s per worker")
+    print(
+        f"(a) triplets at {crop_size} px from 1000x1000 tiles, one process, one thread: {per_worker:.1f} triplets/s per worker"
+    )
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net = TripletEncoderNet(backbone=backbone).to(device)
@@ -253,9 +258,13 @@ def pretrain(backbone: str = "resnet18", crop_size: int = 256, batch: int = 4, t
     three_s = _step_seconds(three_pass_step, device, repeats)
     name = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"(b) {backbone}, B={batch} triplets ({3 * batch} crops of {crop_size} px) on {name}, median of {repeats}:")
-    print(f"    pretraining step {triplet_s * 1e3:.0f} ms | plain encoder fwd+bwd on 3B crops {plain_s * 1e3:.0f} ms "
-          f"| three separate passes {three_s * 1e3:.0f} ms")
-    print(f"    ratio step / plain {triplet_s / plain_s:.3f} (target <= 1.15) | three passes / plain {three_s / plain_s:.3f}")
+    print(
+        f"    pretraining step {triplet_s * 1e3:.0f} ms | plain encoder fwd+bwd on 3B crops {plain_s * 1e3:.0f} ms "
+        f"| three separate passes {three_s * 1e3:.0f} ms"
+    )
+    print(
+        f"    ratio step / plain {triplet_s / plain_s:.3f} (target <= 1.15) | three passes / plain {three_s / plain_s:.3f}"
+    )
     if device.type == "cuda":
         print(f"    peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.2f} GiB")
 
@@ -282,7 +291,9 @@ def soak_inputs(folder: Path, n_tiles: int, tile_size: int) -> Path:
         pool.append(path)
     (folder / "tiles").mkdir()
     for index in range(n_tiles):
-        os.link(pool[index % SOAK_POOL], folder / "tiles" / f"tile_{index:05d}.tif")  # not a symlink: sources resolve those
+        os.link(
+            pool[index % SOAK_POOL], folder / "tiles" / f"tile_{index:05d}.tif"
+        )  # not a symlink: sources resolve those
     datalist = folder / "datalist.json"
     datalist.write_text(json.dumps({"test": [{"image": f"tiles/tile_{i:05d}.tif"} for i in range(n_tiles)]}))
     return datalist
@@ -302,8 +313,16 @@ def soak_workflow(datalist: Path, out_dir: Path, model_path: str, backbone: str,
     """(evaluator, tile screen) of configs/inference.json over ``datalist``."""
     parser = ConfigParser()
     parser.read_config(str(REPO_ROOT / "configs" / "inference.json"))
-    parser.update({"bundle_root": str(REPO_ROOT), "dataset_dir": str(datalist), "output_dir": str(out_dir),
-                   "model_path": model_path, "backbone": backbone, "roi_size": roi_size})
+    parser.update(
+        {
+            "bundle_root": str(REPO_ROOT),
+            "dataset_dir": str(datalist),
+            "output_dir": str(out_dir),
+            "model_path": model_path,
+            "backbone": backbone,
+            "roi_size": roi_size,
+        }
+    )
     return parser.get_parsed_content("evaluator"), parser.get_parsed_content("screen")
 
 
@@ -350,11 +369,17 @@ def print_soak_report(monitor: SoakMonitor, tiles: int, tile_size: int) -> None:
     growth = (last - first) / first
     done, rss = np.array([r[0] for r in monitor.rows], float), np.array([r[1] for r in monitor.rows])
     slope = np.polyfit(done, rss, 1)[0] * 100
-    print(f"RSS growth from tile {monitor.rows[0][0]} to tile {monitor.rows[-1][0]}: {growth:+.1%} "
-          f"({first:.1f} -> {last:.1f} MiB; RSS from {monitor.source}) | target <= {MAX_SOAK_GROWTH:.0%} "
-          f"{'met' if growth <= MAX_SOAK_GROWTH else 'NOT met'}")
-    print(f"RSS over the samples: {rss.min():.1f}-{rss.max():.1f} MiB, least-squares trend {slope:+.2f} MiB per 100 tiles")
-    print(f"mean nuclei per tile: {monitor.nuclei / tiles:.1f} | mean throughput {monitor.rows[-1][0] / sum(r[2] for r in monitor.rows):.2f} tiles/s")
+    print(
+        f"RSS growth from tile {monitor.rows[0][0]} to tile {monitor.rows[-1][0]}: {growth:+.1%} "
+        f"({first:.1f} -> {last:.1f} MiB; RSS from {monitor.source}) | target <= {MAX_SOAK_GROWTH:.0%} "
+        f"{'met' if growth <= MAX_SOAK_GROWTH else 'NOT met'}"
+    )
+    print(
+        f"RSS over the samples: {rss.min():.1f}-{rss.max():.1f} MiB, least-squares trend {slope:+.2f} MiB per 100 tiles"
+    )
+    print(
+        f"mean nuclei per tile: {monitor.nuclei / tiles:.1f} | mean throughput {monitor.rows[-1][0] / sum(r[2] for r in monitor.rows):.2f} tiles/s"
+    )
 
 
 def finetune(backbone: str = "resnet18", crop_size: int = 256, batch: int = 8, repeats: int = 10) -> None:
@@ -373,14 +398,18 @@ def finetune(backbone: str = "resnet18", crop_size: int = 256, batch: int = 8, r
         loss_function(inferer(images, network), labels).backward()
         optimizer.step()
 
-    print(f"{backbone} U-Net, {batch} crops of {crop_size} px, {torch.get_num_threads()} threads, median of {repeats} steps:")
+    print(
+        f"{backbone} U-Net, {batch} crops of {crop_size} px, {torch.get_num_threads()} threads, median of {repeats} steps:"
+    )
     float32_s = median_seconds(lambda: step(CpuBf16Inferer(enabled=False)), repeats)
     print(f"    float32 {float32_s * 1e3:.0f} ms per step")
     if not cpu_has_native_bf16():
         print("    bfloat16: not timed, this CPU has no native bfloat16 (the 'auto' setting keeps float32 here)")
         return
     bfloat16_s = median_seconds(lambda: step(CpuBf16Inferer(enabled=True)), repeats)
-    print(f"    bfloat16 autocast {bfloat16_s * 1e3:.0f} ms per step | ratio float32 / bfloat16 {float32_s / bfloat16_s:.2f}")
+    print(
+        f"    bfloat16 autocast {bfloat16_s * 1e3:.0f} ms per step | ratio float32 / bfloat16 {float32_s / bfloat16_s:.2f}"
+    )
 
 
 def soak(
@@ -405,13 +434,21 @@ def soak(
         evaluator, screen = soak_workflow(datalist, out_dir, soak_model(folder, backbone, model), backbone, roi_size)
         monitor = SoakMonitor(block, out_dir)
         monitor.attach(evaluator)
-        device = "CUDA " + torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} thread(s)"
-        print(f"soak: {tiles} tiles of {tile_size}x{tile_size} px ({SOAK_POOL} distinct synthetic tiles), {backbone} "
-              f"({'weights ' + model if model else 'random weights'}), sliding window {roi_size} px, {device}")
+        device = (
+            "CUDA " + torch.cuda.get_device_name()
+            if torch.cuda.is_available()
+            else f"CPU, {torch.get_num_threads()} thread(s)"
+        )
+        print(
+            f"soak: {tiles} tiles of {tile_size}x{tile_size} px ({SOAK_POOL} distinct synthetic tiles), {backbone} "
+            f"({'weights ' + model if model else 'random weights'}), sliding window {roi_size} px, {device}"
+        )
         evaluator.run()
         screen.exit_status()
     print_soak_report(monitor, tiles, tile_size)
 
 
 if __name__ == "__main__":
-    fire.Fire({"metrics": metrics, "postprocess": postprocess, "pretrain": pretrain, "finetune": finetune, "soak": soak})
+    fire.Fire(
+        {"metrics": metrics, "postprocess": postprocess, "pretrain": pretrain, "finetune": finetune, "soak": soak}
+    )

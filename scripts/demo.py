@@ -23,10 +23,24 @@ CONFIGS = REPO_ROOT / "configs"
 
 def bundle_run(configs: list[str], **overrides) -> None:
     """``python -m monai.bundle run`` on ``configs`` with ``--key value`` overrides; stop on failure."""
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps([str(CONFIGS / c) for c in configs])]
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        json.dumps([str(CONFIGS / c) for c in configs]),
+    ]
     for key, value in overrides.items():
         # fire reads booleans and None only in Python spelling ("false" would be a truthy string)
-        command += [f"--{key}", value if isinstance(value, str) else repr(value) if value is None or isinstance(value, bool) else json.dumps(value)]
+        command += [
+            f"--{key}",
+            (
+                value
+                if isinstance(value, str)
+                else repr(value) if value is None or isinstance(value, bool) else json.dumps(value)
+            ),
+        ]
     print(f"\n$ {' '.join(command)}", flush=True)
     subprocess.run(command, check=True, cwd=REPO_ROOT)
 
@@ -37,8 +51,22 @@ def demo(out: str = "outputs/demo", n_tiles: int = 12, tile_size: int = 1000, se
     root = (REPO_ROOT / out).resolve()
     synthetic, prepared = root / "synthetic", root / "prepared"
     synthesize_dataset(synthetic, n_tiles=n_tiles, shape=(tile_size, tile_size), seed=seed)
-    subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "prepare.py"), "prepare", str(synthetic), str(prepared), "--seed", str(seed)], check=True)
-    subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "prepare.py"), "summarize", str(prepared / "datalist.json")], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "scripts" / "prepare.py"),
+            "prepare",
+            str(synthetic),
+            str(prepared),
+            "--seed",
+            str(seed),
+        ],
+        check=True,
+    )
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "prepare.py"), "summarize", str(prepared / "datalist.json")],
+        check=True,
+    )
 
     common = {"dataset_dir": str(prepared), "seed": seed, **overrides}
     bundle_run(["pretrain.json", "quick.json"], bundle_root=str(root / "ssl"), **common)
@@ -49,13 +77,23 @@ def demo(out: str = "outputs/demo", n_tiles: int = 12, tile_size: int = 1000, se
         bundle_run(["train.json", "quick.json", "evaluate.json"], bundle_root=run_root, **common)
         results[init] = json.loads((root / init / "eval" / "metrics_summary.json").read_text())
     inference_dir = root / "inference"
-    bundle_run(["inference.json", "quick.json"], bundle_root=str(root / "ssl"), dataset_dir=str(prepared), sections=["validation"], output_dir=str(inference_dir),
-               overwrite=True)  # a rerun of the demo replaces its own outputs
-    print(f"\nDemo finished in {(time.time() - started) / 60:.1f} min on {n_tiles} synthetic {tile_size}px tiles "
-          f"({results['ssl']['n_images']} validation tiles)")
+    bundle_run(
+        ["inference.json", "quick.json"],
+        bundle_root=str(root / "ssl"),
+        dataset_dir=str(prepared),
+        sections=["validation"],
+        output_dir=str(inference_dir),
+        overwrite=True,
+    )  # a rerun of the demo replaces its own outputs
+    print(
+        f"\nDemo finished in {(time.time() - started) / 60:.1f} min on {n_tiles} synthetic {tile_size}px tiles "
+        f"({results['ssl']['n_images']} validation tiles)"
+    )
     print(f"{'init':<10}{'AJI':>8}{'AJI+':>8}{'Dice':>8}{'PQ':>8}")
     for init, summary in results.items():
-        print(f"{init:<10}{summary['aji']:>8.3f}{summary['aji_plus']:>8.3f}{summary['dice']:>8.3f}{summary['pq']:>8.3f}")
+        print(
+            f"{init:<10}{summary['aji']:>8.3f}{summary['aji_plus']:>8.3f}{summary['dice']:>8.3f}{summary['pq']:>8.3f}"
+        )
     print(f"overlays: {inference_dir}/*_overlay.png")
 
 

@@ -49,9 +49,21 @@ PRESETS = {
         "cosine decay; for GPUs",
         "common": {"backbone": "resnet101", "num_workers": 8},
         "evaluation": {"val_roi_size": 1024, "sw_batch_size": 1},
-        "pretrain": {"crop_size": 768, "batch_size": 4, "triplets_per_epoch": 120, "max_epochs": 100, "checkpoint_interval": 10},
-        "train": {"crop_size": 512, "batch_size": 16, "crops_per_tile": 1, "epoch_steps": 100, "learning_rate": 0.001,
-                  "checkpoint_interval": 5},
+        "pretrain": {
+            "crop_size": 768,
+            "batch_size": 4,
+            "triplets_per_epoch": 120,
+            "max_epochs": 100,
+            "checkpoint_interval": 10,
+        },
+        "train": {
+            "crop_size": 512,
+            "batch_size": 16,
+            "crops_per_tile": 1,
+            "epoch_steps": 100,
+            "learning_rate": 0.001,
+            "checkpoint_interval": 5,
+        },
         "finetune_steps": 6000,
         "validations": 10,
     },
@@ -61,10 +73,24 @@ PRESETS = {
         "one fine-tuning cell takes about 17 minutes on 2 CPU cores",
         "common": {"backbone": "resnet18", "num_workers": 0},
         "evaluation": {"val_roi_size": 1024, "sw_batch_size": 1},
-        "pretrain": {"crop_size": 128, "max_shift": 64, "negative_sizes": [96, 64, 48, 32], "batch_size": 4, "triplets_per_epoch": 64,
-                     "max_epochs": 16, "checkpoint_interval": 4, "learning_rate": 0.002},
-        "train": {"crop_size": 256, "batch_size": 8, "crops_per_tile": 1, "epoch_steps": 50, "learning_rate": 0.001,
-                  "checkpoint_interval": 4},
+        "pretrain": {
+            "crop_size": 128,
+            "max_shift": 64,
+            "negative_sizes": [96, 64, 48, 32],
+            "batch_size": 4,
+            "triplets_per_epoch": 64,
+            "max_epochs": 16,
+            "checkpoint_interval": 4,
+            "learning_rate": 0.002,
+        },
+        "train": {
+            "crop_size": 256,
+            "batch_size": 8,
+            "crops_per_tile": 1,
+            "epoch_steps": 50,
+            "learning_rate": 0.001,
+            "checkpoint_interval": 4,
+        },
         "finetune_steps": 1600,
         "validations": 4,
     },
@@ -72,7 +98,13 @@ PRESETS = {
         "about": "ResNet-10, 64 px crops, a few steps: for tests of the runner itself",
         "common": {"backbone": "resnet10", "crop_size": 64, "num_workers": 0},
         "evaluation": {"sw_batch_size": 4},
-        "pretrain": {"max_shift": 16, "negative_sizes": [48, 32], "batch_size": 2, "triplets_per_epoch": 4, "max_epochs": 1},
+        "pretrain": {
+            "max_shift": 16,
+            "negative_sizes": [48, 32],
+            "batch_size": 2,
+            "triplets_per_epoch": 4,
+            "max_epochs": 1,
+        },
         "train": {"batch_size": 2, "crops_per_tile": 1, "epoch_steps": 1, "checkpoint_interval": 1000},
         "finetune_steps": 2,
         "validations": 1,
@@ -87,8 +119,16 @@ PRETRAININGS = {
     "jigsaw": (["pretext_jigsaw.json"], {}),
     "colorme": (["pretext_colorme.json"], {}),
 }
-LABELS = {"scratch": "Scratch", "imagenet": "ImageNet", "ssl": "SSL (L_ST + L_CR)", "ssl_lst": "L_ST only",
-          "ssl_lcr": "L_CR only", "rotnet": "RotNet", "jigsaw": "Jigsaw", "colorme": "ColorMe"}
+LABELS = {
+    "scratch": "Scratch",
+    "imagenet": "ImageNet",
+    "ssl": "SSL (L_ST + L_CR)",
+    "ssl_lst": "L_ST only",
+    "ssl_lcr": "L_CR only",
+    "rotnet": "RotNet",
+    "jigsaw": "Jigsaw",
+    "colorme": "ColorMe",
+}
 
 
 def _as_list(value, cast) -> list:
@@ -98,10 +138,24 @@ def _as_list(value, cast) -> list:
 
 def bundle_run(configs: list[str], log: Path, **overrides) -> None:
     """``python -m monai.bundle run`` with ``--key value`` overrides; output to ``log``; raise on failure."""
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", json.dumps([str(CONFIGS / c) for c in configs])]
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        json.dumps([str(CONFIGS / c) for c in configs]),
+    ]
     for key, value in overrides.items():
         # fire reads booleans and None only in Python spelling ("false" would be a truthy string)
-        command += [f"--{key}", value if isinstance(value, str) else repr(value) if value is None or isinstance(value, bool) else json.dumps(value)]
+        command += [
+            f"--{key}",
+            (
+                value
+                if isinstance(value, str)
+                else repr(value) if value is None or isinstance(value, bool) else json.dumps(value)
+            ),
+        ]
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as handle:
         result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
@@ -115,7 +169,9 @@ def prepared_dataset(data: Path, out: Path) -> Path:
         return data
     prepared = out / "prepared"
     if not (prepared / "datalist.json").is_file():
-        subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "prepare.py"), "prepare", str(data), str(prepared)], check=True)
+        subprocess.run(
+            [sys.executable, str(REPO_ROOT / "scripts" / "prepare.py"), "prepare", str(data), str(prepared)], check=True
+        )
     return prepared
 
 
@@ -129,7 +185,10 @@ def fold_datalists(prepared: Path, out: Path, folds: int, seed: int = 0) -> list
         validation = [item for i, item in enumerate(order) if i % folds == fold]
         training = [item for i, item in enumerate(order) if i % folds != fold]
         base = str(prepared.resolve())
-        absolute = lambda rows: [{k: f"{base}/{v}" if k in ("image", "label") else v for k, v in row.items()} for row in rows]
+
+        def absolute(rows: list[dict]) -> list[dict]:
+            return [{k: f"{base}/{v}" if k in ("image", "label") else v for k, v in row.items()} for row in rows]
+
         path = out / "folds" / f"datalist_fold{fold}.json"
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps({"training": absolute(training), "validation": absolute(validation)}, indent=1))
@@ -158,8 +217,16 @@ def pretrained_encoder(init: str, seed: int, preset: dict, source: Path, out: Pa
     if not encoder.is_file():
         extra_configs, overrides = PRETRAININGS[init]
         start = time.time()
-        bundle_run(["pretrain.json", *extra_configs], root / "log.txt", bundle_root=str(root), dataset_dir=str(source),
-                   seed=seed, **preset["common"], **preset["pretrain"], **overrides)
+        bundle_run(
+            ["pretrain.json", *extra_configs],
+            root / "log.txt",
+            bundle_root=str(root),
+            dataset_dir=str(source),
+            seed=seed,
+            **preset["common"],
+            **preset["pretrain"],
+            **overrides,
+        )
         (root / "timing.json").write_text(json.dumps({"seconds": time.time() - start}))
     return encoder
 
@@ -170,8 +237,18 @@ def source_version() -> str:
     return result.stdout.strip() or "unknown"
 
 
-def run_cell(init: str, fraction: float, seed: int, preset: dict, dataset_dir: Path, datalist: Path, out: Path,
-             cell_name: str, imagenet_weights: str | None, fold: int | None = None) -> dict:
+def run_cell(
+    init: str,
+    fraction: float,
+    seed: int,
+    preset: dict,
+    dataset_dir: Path,
+    datalist: Path,
+    out: Path,
+    cell_name: str,
+    imagenet_weights: str | None,
+    fold: int | None = None,
+) -> dict:
     """Fine-tune and evaluate one cell (skipped when its summary exists); return the summary.
 
     ``fold`` is the cross-validation fold whose ``datalist`` this is (None: the prepared split).
@@ -181,15 +258,43 @@ def run_cell(init: str, fraction: float, seed: int, preset: dict, dataset_dir: P
     if summary_path.is_file():
         return json.loads(summary_path.read_text())
     start, version = time.time(), source_version()
-    init_args = {"init": "scratch"} if init == "scratch" else {"init": "imagenet", "init_weights": imagenet_weights} \
-        if init == "imagenet" else {"init": "ssl", "init_weights": str(pretrained_encoder(init, seed, preset, dataset_dir if fold is None else datalist, out, fold))}
+    init_args = (
+        {"init": "scratch"}
+        if init == "scratch"
+        else (
+            {"init": "imagenet", "init_weights": imagenet_weights}
+            if init == "imagenet"
+            else {
+                "init": "ssl",
+                "init_weights": str(
+                    pretrained_encoder(init, seed, preset, dataset_dir if fold is None else datalist, out, fold)
+                ),
+            }
+        )
+    )
     pretrain_seconds = time.time() - start
-    common = {"bundle_root": str(root), "dataset_dir": str(dataset_dir), "datalist_path": str(datalist), "seed": seed, **preset["common"],
-              **preset["evaluation"]}
-    bundle_run(["train.json"], root / "train_log.txt", **common, **preset["train"], **finetune_schedule(preset),
-               label_fraction=fraction, resume=True, **init_args)
+    common = {
+        "bundle_root": str(root),
+        "dataset_dir": str(dataset_dir),
+        "datalist_path": str(datalist),
+        "seed": seed,
+        **preset["common"],
+        **preset["evaluation"],
+    }
+    bundle_run(
+        ["train.json"],
+        root / "train_log.txt",
+        **common,
+        **preset["train"],
+        **finetune_schedule(preset),
+        label_fraction=fraction,
+        resume=True,
+        **init_args,
+    )
     bundle_run(["train.json", "evaluate.json"], root / "eval_log.txt", **common)
-    (root / "timing.json").write_text(json.dumps({"seconds": time.time() - start - pretrain_seconds, "commit": version}))
+    (root / "timing.json").write_text(
+        json.dumps({"seconds": time.time() - start - pretrain_seconds, "commit": version})
+    )
     return json.loads(summary_path.read_text())
 
 
@@ -204,18 +309,31 @@ def keep_settings(out_dir: Path, settings: dict) -> None:
         recorded = json.loads(path.read_text())
         changed = sorted(key for key in recorded.keys() | settings.keys() if recorded.get(key) != settings.get(key))
         if changed:
-            raise SystemExit(f"{path}: this folder holds a grid run with other settings (differing: {', '.join(changed)}); "
-                             "choose another --out, or delete the folder to start over")
+            raise SystemExit(
+                f"{path}: this folder holds a grid run with other settings (differing: {', '.join(changed)}); "
+                "choose another --out, or delete the folder to start over"
+            )
         return
     out_dir.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(settings, indent=1))
 
 
-def run(preset: str = "cpu", data: str = "../shared/data/monuseg/train", out: str | None = None,
-        inits="scratch,ssl,ssl_lst,ssl_lcr", fractions="1.0,0.1", seeds="0,1", folds: int = 0,
-        imagenet_weights: str | None = None, report_to: str = "docs/results", name: str | None = None,
-        finetune_steps: int | None = None, pretrain_epochs: int | None = None, pretrain_overrides: dict | None = None) -> None:
+def run(
+    preset: str = "cpu",
+    data: str = "../shared/data/monuseg/train",
+    out: str | None = None,
+    inits="scratch,ssl,ssl_lst,ssl_lcr",
+    fractions="1.0,0.1",
+    seeds="0,1",
+    folds: int = 0,
+    imagenet_weights: str | None = None,
+    report_to: str = "docs/results",
+    name: str | None = None,
+    finetune_steps: int | None = None,
+    pretrain_epochs: int | None = None,
+    pretrain_overrides: dict | None = None,
+) -> None:
     """Run (or resume) the grid, then write the report.
 
     The three last options change a preset: fine-tuning steps, pretraining epochs, and any
@@ -236,15 +354,33 @@ def run(preset: str = "cpu", data: str = "../shared/data/monuseg/train", out: st
     keep_settings(out_dir, {"preset": preset, "schedule": spec, "data": str(Path(data).resolve()), "folds": folds})
     dataset_dir = prepared_dataset(Path(data).resolve(), out_dir)
     datalists = fold_datalists(dataset_dir, out_dir, folds) if folds else [dataset_dir / "datalist.json"]
-    grid = [(s, fold, f, i) for s in _as_list(seeds, int) for fold in range(len(datalists)) for f in _as_list(fractions, float) for i in init_list]
+    grid = [
+        (s, fold, f, i)
+        for s in _as_list(seeds, int)
+        for fold in range(len(datalists))
+        for f in _as_list(fractions, float)
+        for i in init_list
+    ]
     for number, (seed, fold, fraction, init) in enumerate(grid, 1):
         cell_name = f"{init}_f{round(fraction * 100)}_s{seed}" + (f"_fold{fold}" if folds else "")
         print(f"[{number}/{len(grid)}] {cell_name}", flush=True)
-        summary = run_cell(init, fraction, seed, spec, dataset_dir, datalists[fold], out_dir, cell_name, imagenet_weights,
-                           fold if folds else None)
+        summary = run_cell(
+            init,
+            fraction,
+            seed,
+            spec,
+            dataset_dir,
+            datalists[fold],
+            out_dir,
+            cell_name,
+            imagenet_weights,
+            fold if folds else None,
+        )
         print(f"    AJI {summary['aji']:.4f} Dice {summary['dice']:.4f}", flush=True)
     elapsed = json.loads((out_dir / "wall.json").read_text())["seconds"] if (out_dir / "wall.json").is_file() else 0.0
-    (out_dir / "wall.json").write_text(json.dumps({"seconds": elapsed + time.time() - started, "command": " ".join(sys.argv)}))
+    (out_dir / "wall.json").write_text(
+        json.dumps({"seconds": elapsed + time.time() - started, "command": " ".join(sys.argv)})
+    )
     report(preset, out, report_to, name)
 
 
@@ -259,30 +395,46 @@ def _cells(out_dir: Path) -> list[dict]:
         init = "_".join(p for p in parts if not ((p[:1] in "fs" and p[1:].isdigit()) or p.startswith("fold")))
         timing = summary.parent.parent / "timing.json"
         commit = json.loads(timing.read_text()).get("commit", "unknown") if timing.is_file() else "unknown"
-        cells.append({"init": init, "fraction": fraction, "seed": seed, "fold": fold, "commit": commit, **json.loads(summary.read_text()),
-                      **_cell_details(summary.parent.parent)})
+        cells.append(
+            {
+                "init": init,
+                "fraction": fraction,
+                "seed": seed,
+                "fold": fold,
+                "commit": commit,
+                **json.loads(summary.read_text()),
+                **_cell_details(summary.parent.parent),
+            }
+        )
     return cells
 
 
 def _cell_details(root: Path) -> dict:
     """A cell's worst validation tile (``eval/metrics.csv``) and its stored post-processing choice, where present."""
     details = {}
-    rows = list(csv.DictReader(open(root / "eval" / "metrics.csv"))) if (root / "eval" / "metrics.csv").is_file() else []
+    rows = (
+        list(csv.DictReader(open(root / "eval" / "metrics.csv"))) if (root / "eval" / "metrics.csv").is_file() else []
+    )
     if rows:
         worst = min(rows, key=lambda row: float(row["aji"]))
         details |= {"worst_tile": worst["image"], "worst_aji": float(worst["aji"])}
     stored = root / "models" / "model.postprocess.json"
     if stored.is_file():
         chosen = json.loads(stored.read_text())
-        details |= {"thresholds": f"{chosen['body_threshold']}/{chosen['foreground_threshold']}",
-                    "aji_default_thresholds": chosen["chosen_by"]["score_of_defaults"]}
+        details |= {
+            "thresholds": f"{chosen['body_threshold']}/{chosen['foreground_threshold']}",
+            "aji_default_thresholds": chosen["chosen_by"]["score_of_defaults"],
+        }
     return details
 
 
 def _write_tile_scores(out_dir: Path, path: Path) -> None:
     """Every cell's ``eval/metrics.csv`` rows in one CSV, each prefixed with its cell's name."""
-    rows = [{"cell": summary.parent.parent.name, **row} for summary in sorted((out_dir / "cells").glob("*/eval/metrics.csv"))
-            for row in csv.DictReader(open(summary))]
+    rows = [
+        {"cell": summary.parent.parent.name, **row}
+        for summary in sorted((out_dir / "cells").glob("*/eval/metrics.csv"))
+        for row in csv.DictReader(open(summary))
+    ]
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["cell"])
         writer.writeheader()
@@ -297,8 +449,10 @@ def _mean_spread(values: list[float]) -> str:
 
 
 def _table(cells: list[dict], inits: list[str], fractions: list[float], metric: str) -> list[str]:
-    lines = ["| initialisation | " + " | ".join(f"{round(f * 100)} % labels" for f in fractions) + " |",
-             "|---|" + "---|" * len(fractions)]
+    lines = [
+        "| initialisation | " + " | ".join(f"{round(f * 100)} % labels" for f in fractions) + " |",
+        "|---|" + "---|" * len(fractions),
+    ]
     for init in inits:
         row = [_mean_spread([c[metric] for c in cells if c["init"] == init and c["fraction"] == f]) for f in fractions]
         lines.append(f"| {LABELS[init]} | " + " | ".join(row) + " |")
@@ -315,8 +469,14 @@ def _plot(cells: list[dict], inits: list[str], fractions: list[float], path: Pat
     for init in inits:
         points = [(f, [c["aji"] for c in cells if c["init"] == init and c["fraction"] == f]) for f in fractions]
         points = [(f, v) for f, v in points if v]
-        axis.errorbar([100 * f for f, _ in points], [100 * statistics.mean(v) for _, v in points],
-                      yerr=[100 * statistics.stdev(v) if len(v) > 1 else 0 for _, v in points], marker="o", capsize=3, label=LABELS[init])
+        axis.errorbar(
+            [100 * f for f, _ in points],
+            [100 * statistics.mean(v) for _, v in points],
+            yerr=[100 * statistics.stdev(v) if len(v) > 1 else 0 for _, v in points],
+            marker="o",
+            capsize=3,
+            label=LABELS[init],
+        )
     axis.set_xlabel("labelled training tiles (%)")
     axis.set_ylabel("AJI (%)")
     axis.set_title(title)
@@ -342,25 +502,43 @@ def _pretraining_table(out_dir: Path) -> list[str]:
     tags = sorted({tag for *_, means in runs for tag in means})
     lines = ["| pretraining | seed | minutes | " + " | ".join(tags) + " |", "|---|---|---|" + "---|" * len(tags)]
     for label, seed, minutes, means in runs:
-        lines.append(f"| {label} | {seed} | {minutes} | " + " | ".join(f"{means[t]:.3f}" if t in means else "–" for t in tags) + " |")
+        lines.append(
+            f"| {label} | {seed} | {minutes} | "
+            + " | ".join(f"{means[t]:.3f}" if t in means else "–" for t in tags)
+            + " |"
+        )
     return lines
 
 
 def _per_cell_table(cells: list[dict], inits: list[str]) -> list[str]:
     """Table 4: every cell (fold, seed) with its Dice, AJI, AJI at the default thresholds, thresholds and worst tile."""
-    percent = lambda c, key: f"{100 * c[key]:.2f}" if key in c else "–"
-    lines = ["## Table 4 – every cell: Dice %, AJI % (with the stored thresholds, and with the defaults 0.5/0.5), worst tile", "",
-             "| initialisation | labels | seed | fold | Dice | AJI | AJI, default thresholds | thresholds body/foreground | worst tile (AJI %) |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    order = lambda c: (inits.index(c["init"]), -c["fraction"], c["seed"], -1 if c["fold"] is None else c["fold"])
+
+    def percent(c: dict, key: str) -> str:
+        return f"{100 * c[key]:.2f}" if key in c else "–"
+
+    lines = [
+        "## Table 4 – every cell: Dice %, AJI % (with the stored thresholds, and with the defaults 0.5/0.5), worst tile",
+        "",
+        "| initialisation | labels | seed | fold | Dice | AJI | AJI, default thresholds | thresholds body/foreground | worst tile (AJI %) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+
+    def order(c: dict) -> tuple:
+        return inits.index(c["init"]), -c["fraction"], c["seed"], -1 if c["fold"] is None else c["fold"]
+
     for c in sorted(cells, key=order):
         worst = f"{c['worst_tile']} ({100 * c['worst_aji']:.2f})" if "worst_tile" in c else "–"
-        lines.append(f"| {LABELS[c['init']]} | {round(c['fraction'] * 100)} % | {c['seed']} | {'–' if c['fold'] is None else c['fold']} | "
-                     f"{percent(c, 'dice')} | {percent(c, 'aji')} | {percent(c, 'aji_default_thresholds')} | {c.get('thresholds', '–')} | {worst} |")
+        lines.append(
+            f"| {LABELS[c['init']]} | {round(c['fraction'] * 100)} % | {c['seed']} | {'–' if c['fold'] is None else c['fold']} | "
+            f"{percent(c, 'dice')} | {percent(c, 'aji')} | {percent(c, 'aji_default_thresholds')} | {c.get('thresholds', '–')} | {worst} |"
+        )
     worst = min((c for c in cells if "worst_tile" in c), key=lambda c: c["worst_aji"], default=None)
     if worst:
-        lines += ["", f"Worst validation tile over all cells: {worst['worst_tile']}, AJI {100 * worst['worst_aji']:.2f} % "
-                      f"({LABELS[worst['init']]}, {round(worst['fraction'] * 100)} % labels, seed {worst['seed']}, fold {worst['fold']})."]
+        lines += [
+            "",
+            f"Worst validation tile over all cells: {worst['worst_tile']}, AJI {100 * worst['worst_aji']:.2f} % "
+            f"({LABELS[worst['init']]}, {round(worst['fraction'] * 100)} % labels, seed {worst['seed']}, fold {worst['fold']}).",
+        ]
     return lines + [""]
 
 
@@ -368,17 +546,30 @@ def schedule_changes(preset: str, out_dir: Path) -> str:
     """The values of the grid's recorded schedule that differ from the preset, as ``key = value`` text."""
     path = out_dir / "settings.json"
     schedule = json.loads(path.read_text())["schedule"] if path.is_file() else PRESETS[preset]
+
     def parts(spec: dict) -> dict:  # "common" held the evaluation keys before they had their own part
-        return {"common": {**spec["common"], **spec.get("evaluation", {})}, "pretrain": spec["pretrain"], "train": spec["train"]}
+        return {
+            "common": {**spec["common"], **spec.get("evaluation", {})},
+            "pretrain": spec["pretrain"],
+            "train": spec["train"],
+        }
 
     recorded, preset_parts = parts(schedule), parts(PRESETS[preset])
-    changes = [f"{part}.{key} = {json.dumps(value)}" for part in recorded for key, value in recorded[part].items()
-               if preset_parts[part].get(key) != value]
-    changes += [f"{key} = {schedule[key]}" for key in ("finetune_steps", "validations") if schedule[key] != PRESETS[preset][key]]
+    changes = [
+        f"{part}.{key} = {json.dumps(value)}"
+        for part in recorded
+        for key, value in recorded[part].items()
+        if preset_parts[part].get(key) != value
+    ]
+    changes += [
+        f"{key} = {schedule[key]}" for key in ("finetune_steps", "validations") if schedule[key] != PRESETS[preset][key]
+    ]
     return "; ".join(changes)
 
 
-def report(preset: str = "cpu", out: str | None = None, report_to: str = "docs/results", name: str | None = None) -> None:
+def report(
+    preset: str = "cpu", out: str | None = None, report_to: str = "docs/results", name: str | None = None
+) -> None:
     """Write ``<report_to>/<name>.md`` and ``.png`` (``name`` defaults to the preset's) from the finished cells."""
     name = name or preset
     out_dir = (REPO_ROOT / (out or f"experiments/{preset}")).resolve()
@@ -390,26 +581,47 @@ def report(preset: str = "cpu", out: str | None = None, report_to: str = "docs/r
     wall = json.loads((out_dir / "wall.json").read_text()) if (out_dir / "wall.json").is_file() else {}
     commits = ", ".join(f"`{c}`" for c in sorted({c["commit"] for c in cells}))
     seeds = sorted({c["seed"] for c in cells})
-    lines = [f"# Experiment results: `{preset}` preset" + (f" ({name})" if name != preset else ""), "",
-             f"Preset: {PRESETS[preset]['about']}." + (f" Changed for this grid: {changes}." if (changes := schedule_changes(preset, out_dir)) else ""),
-             f"Command: `{wall.get('command', 'python scripts/experiment.py run --preset ' + preset)}`  ",
-             f"Commit(s) the cells ran on: {commits}; machine: {platform.machine()}, {platform.processor() or platform.system()}, "
-             f"{__import__('os').cpu_count()} cores; wall time of the runs: {wall.get('seconds', 0) / 60:.0f} min.  ",
-             f"Cells finished: {len(cells)}; seeds {seeds}" + (f", folds {folds}" if (folds := sorted({c['fold'] for c in cells if c['fold'] is not None})) else "")
-             + ". Figures are mean ± sample std over the n cells of an entry (seeds × folds), in %, on the validation "
-             "tiles of the prepared split (or each fold's held-out tiles).", "",
-             "## Table 1 – AJI (%) by initialisation and label fraction", "", *_table(cells, inits, fractions, "aji"), "",
-             "## Table 1b – Dice (%)", "", *_table(cells, inits, fractions, "dice"), ""]
+    lines = [
+        f"# Experiment results: `{preset}` preset" + (f" ({name})" if name != preset else ""),
+        "",
+        f"Preset: {PRESETS[preset]['about']}."
+        + (f" Changed for this grid: {changes}." if (changes := schedule_changes(preset, out_dir)) else ""),
+        f"Command: `{wall.get('command', 'python scripts/experiment.py run --preset ' + preset)}`  ",
+        f"Commit(s) the cells ran on: {commits}; machine: {platform.machine()}, {platform.processor() or platform.system()}, "
+        f"{__import__('os').cpu_count()} cores; wall time of the runs: {wall.get('seconds', 0) / 60:.0f} min.  ",
+        f"Cells finished: {len(cells)}; seeds {seeds}"
+        + (f", folds {folds}" if (folds := sorted({c["fold"] for c in cells if c["fold"] is not None})) else "")
+        + ". Figures are mean ± sample std over the n cells of an entry (seeds × folds), in %, on the validation "
+        "tiles of the prepared split (or each fold's held-out tiles).",
+        "",
+        "## Table 1 – AJI (%) by initialisation and label fraction",
+        "",
+        *_table(cells, inits, fractions, "aji"),
+        "",
+        "## Table 1b – Dice (%)",
+        "",
+        *_table(cells, inits, fractions, "dice"),
+        "",
+    ]
     ablation = [i for i in ("ssl", "ssl_lst", "ssl_lcr") if i in inits]
     if len(ablation) > 1:
-        lines += ["## Table 3 – ablation of the two losses, AJI (%)", "", *_table(cells, ablation, fractions, "aji"), ""]
+        lines += [
+            "## Table 3 – ablation of the two losses, AJI (%)",
+            "",
+            *_table(cells, ablation, fractions, "aji"),
+            "",
+        ]
     proxies = [i for i in ("scratch", "imagenet", "rotnet", "jigsaw", "colorme", "ssl") if i in inits]
     if any(i in inits for i in ("rotnet", "jigsaw", "colorme")):
         lines += ["## Table 2 – proxy tasks, AJI (%)", "", *_table(cells, proxies, fractions, "aji"), ""]
     pretraining = _pretraining_table(out_dir)
     if pretraining:
-        lines += ["## Pretraining – where each run ended (mean of its last quarter of iterations; accuracies are of the proxy task)", "",
-                  *pretraining, ""]
+        lines += [
+            "## Pretraining – where each run ended (mean of its last quarter of iterations; accuracies are of the proxy task)",
+            "",
+            *pretraining,
+            "",
+        ]
     lines += _per_cell_table(cells, inits)
     target = REPO_ROOT / report_to
     _plot(cells, inits, fractions, target / f"{name}.png", f"{name}: AJI vs labels")

@@ -162,8 +162,10 @@ def output_overlaps(out: Path, inputs: list[Path]) -> list[str]:
     for folder in inputs:
         source = folder.resolve()
         if target == source or source in target.parents or target in source.parents:
-            problems.append(f"{out}: the output folder overlaps the input folder {folder}; "
-                            "choose an output folder outside it (inputs are never written over)")
+            problems.append(
+                f"{out}: the output folder overlaps the input folder {folder}; "
+                "choose an output folder outside it (inputs are never written over)"
+            )
     return problems
 
 
@@ -182,7 +184,9 @@ def find_sources(folder: Path, labels: str) -> Inventory:
     for kind in kinds:
         pairing = pair_images_and_labels(folder / "images", folder / LABEL_FOLDERS[kind])
         for stem, (image, label) in pairing.pairs.items():
-            source_kind = "mask" if kind == "mask" else {".xml": "xml", ".geojson": "geojson"}.get(suffix_of(label), "mask")
+            source_kind = (
+                "mask" if kind == "mask" else {".xml": "xml", ".geojson": "geojson"}.get(suffix_of(label), "mask")
+            )
             first = labelled.setdefault(stem, Source(stem, image, label, source_kind))
             if first.label_source in VECTOR_READERS and kind == "mask":
                 labelled[stem] = replace(first, mask_beside_annotation=label)
@@ -257,7 +261,12 @@ def convert(source: Source, out: Path, max_pixels: int = MAX_PIXELS) -> None:
         if source.label_source in VECTOR_READERS:
             label = VECTOR_READERS[source.label_source](source.label, image.shape[:2])
             if source.mask_beside_annotation is not None:
-                warn_if_they_disagree(source.label, label, source.mask_beside_annotation, read_label(source.mask_beside_annotation, max_pixels))
+                warn_if_they_disagree(
+                    source.label,
+                    label,
+                    source.mask_beside_annotation,
+                    read_label(source.mask_beside_annotation, max_pixels),
+                )
         else:
             label = read_label(source.label, max_pixels)
         check_same_size(source.image, image, source.label, label)
@@ -270,8 +279,11 @@ def warn_if_they_disagree(xml: Path, xml_label: np.ndarray, mask: Path, mask_lab
     wrong XML would otherwise win silently). On MoNuSeg the two agree within a few nuclei."""
     n_xml, n_mask = len(np.unique(xml_label[xml_label > 0])), len(np.unique(mask_label[mask_label > 0]))
     if abs(n_xml - n_mask) > max(2, 0.2 * max(n_xml, n_mask)):
-        warnings.warn(f"{xml}: {n_xml} nuclei, but the mask beside it ({mask}) has {n_mask}; the XML is used "
-                      "(rerun with --labels masks to use the masks)", stacklevel=2)
+        warnings.warn(
+            f"{xml}: {n_xml} nuclei, but the mask beside it ({mask}) has {n_mask}; the XML is used "
+            "(rerun with --labels masks to use the masks)",
+            stacklevel=2,
+        )
 
 
 def summarize(datalist: str) -> None:
@@ -348,7 +360,8 @@ def _print_outcome(datalist: dict, path: Path) -> None:
     sources = {kind: sum(item["label_source"] == kind for item in items) for kind in ("xml", "geojson", "mask")}
     print(
         f"prepare: {len(items)} labelled tile(s) ({sources['xml']} labels from XML, "
-        + (f"{sources['geojson']} from QuPath GeoJSON, " if sources["geojson"] else "") + f"{sources['mask']} from masks)"
+        + (f"{sources['geojson']} from QuPath GeoJSON, " if sources["geojson"] else "")
+        + f"{sources['mask']} from masks)"
         f" + {len(datalist.get('unlabelled', []))} unlabelled -> {path.parent}"
     )
     print("prepare: " + ", ".join(f"{key} {len(items)}" for key, items in item_lists(datalist)))

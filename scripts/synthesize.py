@@ -1,6 +1,6 @@
 """Write a folder of synthetic H&E tiles (MoNuSeg layout: images/*.tif, masks/*.png).
 
-    python scripts/synthesize.py --out_dir data/synthetic --n_tiles 12 --size 1000 --seed 0
+python scripts/synthesize.py --out_dir data/synthetic --n_tiles 12 --size 1000 --seed 0
 """
 
 import sys

@@ -1,6 +1,6 @@
 """Write the scalars of TensorBoard event files under a folder as one CSV (tag, step, value).
 
-    python scripts/tb_to_csv.py runs/pretrain curves.csv
+python scripts/tb_to_csv.py runs/pretrain curves.csv
 """
 
 import csv

@@ -60,7 +60,9 @@ def checkpoint_file(checkpoint: str | Path) -> Path:
             raise FileNotFoundError(f"{path}: no checkpoint_epoch=N.pt in this folder")
         return Path(found)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: checkpoint not found (give a checkpoint_epoch=N.pt file or the folder holding them)")
+        raise FileNotFoundError(
+            f"{path}: checkpoint not found (give a checkpoint_epoch=N.pt file or the folder holding them)"
+        )
     return path
 
 
@@ -68,7 +70,9 @@ def network_state(path: Path) -> dict[str, torch.Tensor]:
     """The TripletEncoderNet state dict under the key ``"network"`` of a pretraining checkpoint."""
     checkpoint = load_checkpoint(path)
     if "network" not in checkpoint:
-        raise ValueError(f"{path}: no 'network' entry (found {sorted(map(str, checkpoint))}); expected a checkpoint saved by configs/pretrain.json")
+        raise ValueError(
+            f"{path}: no 'network' entry (found {sorted(map(str, checkpoint))}); expected a checkpoint saved by configs/pretrain.json"
+        )
     state = checkpoint["network"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: 'network' is not a state dict of tensors")
@@ -104,9 +108,13 @@ def load_network(checkpoint: str | Path, backbone: str | None = None) -> Triplet
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError as error:
-        found = describe_architecture({k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")})
+        found = describe_architecture(
+            {k.removeprefix("encoder."): v for k, v in state.items() if k.startswith("encoder.")}
+        )
         first_lines = " ".join(str(error).splitlines()[:2])[:300]
-        raise ValueError(f"{path}: holds a {found} encoder that does not load into a {backbone} TripletEncoderNet ({first_lines})") from None
+        raise ValueError(
+            f"{path}: holds a {found} encoder that does not load into a {backbone} TripletEncoderNet ({first_lines})"
+        ) from None
     return net.eval()
 
 
@@ -135,7 +143,9 @@ def density_maps(
             (equal to the count of ``net.forward``).
     """
     if np.shape(positive) != np.shape(negative) or len(np.shape(positive)) != 3 or np.shape(positive)[0] != 3:
-        raise ValueError(f"positive and negative must be (3, S, S) crops of one size, got {np.shape(positive)} and {np.shape(negative)}")
+        raise ValueError(
+            f"positive and negative must be (3, S, S) crops of one size, got {np.shape(positive)} and {np.shape(negative)}"
+        )
     batch = torch.stack([as_network_input(positive), as_network_input(negative)])
     was_training = net.training
     net.eval()
@@ -145,7 +155,9 @@ def density_maps(
     finally:
         net.train(was_training)
     counts = maps.mean(dim=(1, 2))
-    upsampled = torch.nn.functional.interpolate(maps[:, None], size=batch.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+    upsampled = torch.nn.functional.interpolate(
+        maps[:, None], size=batch.shape[-2:], mode="bilinear", align_corners=False
+    )[:, 0]
     map_pos, map_neg = upsampled.numpy()
     return map_pos, map_neg, float(counts[0]), float(counts[1])
 
@@ -165,7 +177,9 @@ class DensityPair:
     negative_box: tuple[int, int, int]
 
 
-def positive_and_negative(path: Path, crop_size: int, negative_size: int, seed: int) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
+def positive_and_negative(
+    path: Path, crop_size: int, negative_size: int, seed: int
+) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
     """A positive crop of the image at ``path`` and its negative, both (3, S, S) uint8, with the
     negative's box (row, col, side) inside the positive; ``seed`` fixes the crop positions."""
     image = np.ascontiguousarray(read_image(path).transpose(2, 0, 1))
@@ -207,7 +221,11 @@ def draw_pair(axes: np.ndarray, pair: DensityPair, norm: Normalize) -> object:
     size = pair.positive.shape[-1]
     row, col, side = pair.negative_box
     axes[0, 0].imshow(pair.positive.transpose(1, 2, 0))
-    axes[0, 0].add_patch(Rectangle((col - 0.5, row - 0.5), side, side, fill=False, edgecolor=NEGATIVE_BOX_COLOUR, linestyle="--", linewidth=1.2))
+    axes[0, 0].add_patch(
+        Rectangle(
+            (col - 0.5, row - 0.5), side, side, fill=False, edgecolor=NEGATIVE_BOX_COLOUR, linestyle="--", linewidth=1.2
+        )
+    )
     axes[0, 0].set_title(f"{pair.name}\npositive: {size} px crop", fontsize=9)
     axes[1, 0].imshow(pair.negative.transpose(1, 2, 0))
     axes[1, 0].set_title(f"negative: {side} px box, resized to {size} px", fontsize=9)
@@ -295,7 +313,9 @@ def density(
     net = load_network(checkpoint, backbone)
     pairs = [density_pair(net, path, crop_size, negative_size, seed + index) for index, path in enumerate(paths)]
     for pair in pairs:
-        print(f"{pair.name}: f(positive) = {pair.f_pos:.4f}, f(negative) = {pair.f_neg:.4f}, f(positive) > f(negative): {pair.f_pos > pair.f_neg}")
+        print(
+            f"{pair.name}: f(positive) = {pair.f_pos:.4f}, f(negative) = {pair.f_neg:.4f}, f(positive) > f(negative): {pair.f_pos > pair.f_neg}"
+        )
     draw_density_figure(pairs, out)
     print(f"wrote {out}")
 

@@ -46,5 +46,11 @@ def single_thread_env() -> dict[str, str]:
 
 def run_bundle(config_files: list[str], cwd, **overrides) -> subprocess.CompletedProcess:
     """Run the given configs (names under configs/) with ``--key value`` overrides; return the process."""
-    return subprocess.run(bundle_command(config_files, **overrides), cwd=cwd, capture_output=True, text=True, timeout=600,
-                          env=single_thread_env())
+    return subprocess.run(
+        bundle_command(config_files, **overrides),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=single_thread_env(),
+    )

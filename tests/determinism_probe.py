@@ -39,10 +39,15 @@ def digest(tensor) -> str:
 
 def first_epoch_triplets(dataset_dir: str, num_workers: int) -> list[dict]:
     """Per batch of epoch 1 (seeded as the trainer's EpochSeeder does): tile names and crop digests."""
-    loader = parser_for("pretrain.json", dataset_dir=dataset_dir, num_workers=num_workers, **PRETRAIN).get_parsed_content("train#dataloader")
+    loader = parser_for(
+        "pretrain.json", dataset_dir=dataset_dir, num_workers=num_workers, **PRETRAIN
+    ).get_parsed_content("train#dataloader")
     EpochSeeder(SEED)(SimpleNamespace(state=SimpleNamespace(epoch=1, dataloader=loader)))
     return [
-        {"tiles": [Path(p).name for p in batch["image_path"]], **{view: digest(batch[view]) for view in ("anchor", "positive", "negative")}}
+        {
+            "tiles": [Path(p).name for p in batch["image_path"]],
+            **{view: digest(batch[view]) for view in ("anchor", "positive", "negative")},
+        }
         for batch in loader
     ]
 
@@ -50,7 +55,12 @@ def first_epoch_triplets(dataset_dir: str, num_workers: int) -> list[dict]:
 def label_fraction_subsets(prepared_dir: str) -> dict[str, list[str]]:
     """Training images of each label fraction, as configs/train.json selects them."""
     return {
-        str(fraction): [Path(item["image"]).name for item in parser_for("train.json", dataset_dir=prepared_dir, label_fraction=fraction).get_parsed_content("train#datalist")]
+        str(fraction): [
+            Path(item["image"]).name
+            for item in parser_for("train.json", dataset_dir=prepared_dir, label_fraction=fraction).get_parsed_content(
+                "train#datalist"
+            )
+        ]
         for fraction in FRACTIONS
     }
 

@@ -38,10 +38,16 @@ def test_atomic_path_gives_the_usual_file_mode(tmp_path):
     assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o644
 
 
-@pytest.mark.parametrize("failure", [
-    OSError(errno.ENOSPC, "No space left on device"),  # what write() raises when the disk fills
-    RuntimeError("[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file data/0: file write failed"),  # torch.save
-], ids=["write", "torch.save"])
+@pytest.mark.parametrize(
+    "failure",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),  # what write() raises when the disk fills
+        RuntimeError(
+            "[enforce fail at inline_container.cc:603] . PytorchStreamWriter failed writing file data/0: file write failed"
+        ),  # torch.save
+    ],
+    ids=["write", "torch.save"],
+)
 def test_a_full_disk_names_the_file_and_the_space_and_keeps_the_old_file(tmp_path, failure):
     target = tmp_path / "model.pt"
     target.write_text("old")
@@ -50,7 +56,10 @@ def test_a_full_disk_names_the_file_and_the_space_and_keeps_the_old_file(tmp_pat
             tmp.write_bytes(b"x" * 3 * 2**20)
             raise failure
     message = str(error.value)
-    assert message.startswith(f"{target}: no space left on the device (") and "MiB free; the file needs more than the 3 MiB written" in message
+    assert (
+        message.startswith(f"{target}: no space left on the device (")
+        and "MiB free; the file needs more than the 3 MiB written" in message
+    )
     assert error.value.errno == errno.ENOSPC and isinstance(error.value, OSError)
     assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["model.pt"]
 

@@ -22,7 +22,7 @@ def flip_bytes_inside(path, count=4096):
     with zipfile.ZipFile(path) as archive:
         record = next(info for info in archive.infolist() if "/data/" in info.filename)
     start = record.header_offset + 30 + len(record.filename) + len(record.extra) + 8
-    data[start:start + min(count, record.file_size - 16)] = bytes(min(count, record.file_size - 16))
+    data[start : start + min(count, record.file_size - 16)] = bytes(min(count, record.file_size - 16))
     path.write_bytes(bytes(data))
 
 
@@ -41,11 +41,14 @@ def test_flipped_bytes_inside_a_valid_zip_are_caught_by_crc(tmp_path):
         load_checkpoint(path)
 
 
-@pytest.mark.parametrize("content, problem", [
-    (None, "file not found"),
-    (b"", "empty file (0 bytes)"),
-    (b"not a zip at all", "not a zip archive: truncated or corrupt"),
-])
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        (None, "file not found"),
+        (b"", "empty file (0 bytes)"),
+        (b"not a zip at all", "not a zip archive: truncated or corrupt"),
+    ],
+)
 def test_missing_empty_and_garbage_files_are_named(tmp_path, content, problem):
     path = tmp_path / "c.pt"
     if content is not None:
@@ -63,7 +66,9 @@ def test_a_zip_that_is_not_a_checkpoint_and_a_dict_of_another_kind_are_refused(t
         load_checkpoint(foreign)
     other = tmp_path / "other.pt"
     torch.save({"model": {}}, other)
-    with pytest.raises(CheckpointError, match=r"other\.pt: not a checkpoint of this workflow \(no network, trainer in it\)"):
+    with pytest.raises(
+        CheckpointError, match=r"other\.pt: not a checkpoint of this workflow \(no network, trainer in it\)"
+    ):
         load_checkpoint(other, required_keys=["network", "trainer"])
     tensor = tmp_path / "tensor.pt"
     torch.save(torch.zeros(2), tensor)
@@ -75,10 +80,15 @@ def test_resume_falls_back_past_damaged_foreign_and_pickled_newest_files(tmp_pat
     save_checkpoint(tmp_path / "checkpoint_epoch=2.pt")
     save_checkpoint(tmp_path / "checkpoint_epoch=5.pt")
     flip_bytes_inside(tmp_path / "checkpoint_epoch=5.pt")
-    torch.save({"network": {"w": torch.zeros(1)}, "trainer": {"epoch": 4}, "payload": object()}, tmp_path / "checkpoint_epoch=4.pt")
+    torch.save(
+        {"network": {"w": torch.zeros(1)}, "trainer": {"epoch": 4}, "payload": object()},
+        tmp_path / "checkpoint_epoch=4.pt",
+    )
     torch.save({"something": 1}, tmp_path / "checkpoint_epoch=3.pt")
     with caplog.at_level(logging.WARNING, logger="bundle.handlers"):
-        assert latest_checkpoint(tmp_path, required_keys=["network", "trainer"]) == str(tmp_path / "checkpoint_epoch=2.pt")
+        assert latest_checkpoint(tmp_path, required_keys=["network", "trainer"]) == str(
+            tmp_path / "checkpoint_epoch=2.pt"
+        )
     messages = [r.getMessage() for r in caplog.records]
     assert len(messages) == 3 and all("skipping it" in m for m in messages)
     assert "checkpoint_epoch=5.pt: not a complete checkpoint (damaged: member" in messages[0]
@@ -112,7 +122,9 @@ def test_checked_loader_names_the_backbone_a_model_was_trained_with(tmp_path):
     path = tmp_path / "model.pt"
     torch.save({"network": segmentation_unet("resnet18", out_channels=3).state_dict()}, path)
     engine = Engine(lambda engine, batch: None)
-    CheckedCheckpointLoader(load_path=str(path), load_dict={"network": segmentation_unet("resnet34", out_channels=3)}).attach(engine)
+    CheckedCheckpointLoader(
+        load_path=str(path), load_dict={"network": segmentation_unet("resnet34", out_channels=3)}
+    ).attach(engine)
     with pytest.raises(CheckpointError) as error:
         engine.run([0], max_epochs=1)
     message = str(error.value)
@@ -122,6 +134,10 @@ def test_checked_loader_names_the_backbone_a_model_was_trained_with(tmp_path):
 
 def test_checked_loader_says_how_to_get_a_missing_model(tmp_path):
     engine = Engine(lambda engine, batch: None)
-    CheckedCheckpointLoader(load_path=str(tmp_path / "models" / "model.pt"), load_dict={"network": torch.nn.Linear(3, 3)}).attach(engine)
-    with pytest.raises(CheckpointError, match=r"model\.pt: file not found; train a model first .* or point --model_path at one"):
+    CheckedCheckpointLoader(
+        load_path=str(tmp_path / "models" / "model.pt"), load_dict={"network": torch.nn.Linear(3, 3)}
+    ).attach(engine)
+    with pytest.raises(
+        CheckpointError, match=r"model\.pt: file not found; train a model first .* or point --model_path at one"
+    ):
         engine.run([0], max_epochs=1)

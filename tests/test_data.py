@@ -68,7 +68,9 @@ def test_real_xml_matches_region_count_and_mask(monuseg_train, stem):
     assert label.max() == n_usable and ids_of(label) == set(range(1, n_usable + 1))
     skipped = n_regions - n_usable
     assert [str(w.message) for w in caught] == (
-        [f"{xml_path}: skipped {skipped} region(s) with fewer than 3 vertices or non-numeric/non-finite/out-of-range coordinates"]
+        [
+            f"{xml_path}: skipped {skipped} region(s) with fewer than 3 vertices or non-numeric/non-finite/out-of-range coordinates"
+        ]
         if skipped
         else []
     )

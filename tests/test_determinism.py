@@ -18,7 +18,11 @@ METRICS_LINE = "Metrics -- "
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, synthetic_dir):
     out = tmp_path_factory.mktemp("prepared")
-    subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "prepare.py"), "prepare", str(synthetic_dir), str(out)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "prepare.py"), "prepare", str(synthetic_dir), str(out)],
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
@@ -60,7 +64,9 @@ def test_two_finetuning_runs_log_the_same_losses_and_metrics_and_end_equal(tmp_p
 def probes(synthetic_dir, prepared) -> list[dict]:
     """The probe's output in two processes, each drawing with 0 and with 2 loader workers."""
     command = [sys.executable, str(PROBE), str(synthetic_dir), str(prepared), "--workers", "0", "2"]
-    results = [subprocess.run(command, capture_output=True, text=True, timeout=300, env=single_thread_env()) for _ in range(2)]
+    results = [
+        subprocess.run(command, capture_output=True, text=True, timeout=300, env=single_thread_env()) for _ in range(2)
+    ]
     for result in results:
         assert result.returncode == 0, result.stderr[-3000:]
     return [json.loads(result.stdout.splitlines()[-1]) for result in results]
@@ -92,7 +98,11 @@ def test_worker_count_keeps_the_tiles_drawn_but_changes_the_crops(probes):
 
 def test_prepare_writes_the_same_datalist_in_two_processes(tmp_path, synthetic_dir, prepared):
     again = tmp_path / "again"
-    subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "prepare.py"), "prepare", str(synthetic_dir), str(again)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "prepare.py"), "prepare", str(synthetic_dir), str(again)],
+        check=True,
+        capture_output=True,
+    )
     assert (again / "datalist.json").read_bytes() == (prepared / "datalist.json").read_bytes()
     for path in sorted((prepared / "images").iterdir()):
         assert (again / "images" / path.name).read_bytes() == path.read_bytes()

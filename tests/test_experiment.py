@@ -18,8 +18,23 @@ _spec.loader.exec_module(experiment)
 @pytest.fixture(scope="module")
 def grid(tmp_path_factory, synthetic_dir):
     out, docs = tmp_path_factory.mktemp("experiment"), tmp_path_factory.mktemp("docs")
-    args = ["run", "--preset", "tiny", "--data", str(synthetic_dir), "--out", str(out), "--inits", "scratch,ssl",
-            "--fractions", "1.0", "--seeds", "0", "--report_to", str(docs)]
+    args = [
+        "run",
+        "--preset",
+        "tiny",
+        "--data",
+        str(synthetic_dir),
+        "--out",
+        str(out),
+        "--inits",
+        "scratch,ssl",
+        "--fractions",
+        "1.0",
+        "--seeds",
+        "0",
+        "--report_to",
+        str(docs),
+    ]
     first = subprocess.run(RUNNER + args, capture_output=True, text=True, timeout=900)
     assert first.returncode == 0, first.stdout[-2000:] + first.stderr[-3000:]
     return out, docs, args
@@ -32,7 +47,9 @@ def test_grid_writes_tables_and_plot(grid):
     rows = [line for line in table.splitlines() if line.startswith("| ") and "initialisation" not in line]
     assert [row.split("|")[1].strip() for row in rows] == ["Scratch", "SSL (L_ST + L_CR)"]
     assert all(len(row.split("|")) == 4 for row in rows)  # one label-fraction column
-    commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=REPO_ROOT).stdout.strip()
+    commit = subprocess.run(
+        ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=REPO_ROOT
+    ).stdout.strip()
     assert f"Commit(s) the cells ran on: `{commit}`;" in report
     pretraining = report.split("## Pretraining")[1].split("##")[0]
     header, _, row = [line for line in pretraining.splitlines() if line.startswith("|")]
@@ -52,8 +69,12 @@ def test_rerun_skips_finished_cells(grid):
 
 
 def test_unknown_initialisation_is_refused(tmp_path, synthetic_dir):
-    result = subprocess.run(RUNNER + ["run", "--preset", "tiny", "--data", str(synthetic_dir), "--out", str(tmp_path), "--inits", "magic"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        RUNNER + ["run", "--preset", "tiny", "--data", str(synthetic_dir), "--out", str(tmp_path), "--inits", "magic"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0 and "unknown initialisations ['magic']" in result.stderr
 
 
@@ -61,7 +82,10 @@ def test_other_settings_in_the_same_folder_are_refused(grid):
     out, _, args = grid
     result = subprocess.run(RUNNER + args + ["--finetune_steps", "3"], capture_output=True, text=True, timeout=120)
     assert result.returncode != 0
-    assert f"{out / 'settings.json'}: this folder holds a grid run with other settings (differing: schedule)" in result.stderr
+    assert (
+        f"{out / 'settings.json'}: this folder holds a grid run with other settings (differing: schedule)"
+        in result.stderr
+    )
 
 
 def test_report_names_what_a_grid_changed_from_its_preset(tmp_path):
@@ -83,10 +107,19 @@ def test_tail_means_average_the_last_quarter_of_each_series():
 def test_report_under_another_name_keeps_the_hand_written_reading(grid, tmp_path):
     out, _, _ = grid
     (tmp_path / "variant_reading.md").write_text("## Reading\n- written by hand\n")
-    result = subprocess.run(RUNNER + ["report", "--preset", "tiny", "--out", str(out), "--report_to", str(tmp_path), "--name", "variant"],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        RUNNER + ["report", "--preset", "tiny", "--out", str(out), "--report_to", str(tmp_path), "--name", "variant"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["variant.md", "variant.png", "variant_reading.md", "variant_tiles.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "variant.md",
+        "variant.png",
+        "variant_reading.md",
+        "variant_tiles.csv",
+    ]
     report = (tmp_path / "variant.md").read_text()
     assert report.startswith("# Experiment results: `tiny` preset (variant)")
     assert report.rstrip().endswith("## Reading\n- written by hand")
@@ -108,13 +141,32 @@ def test_report_lists_every_cell_with_its_thresholds_and_worst_tile(grid):
     assert "Worst validation tile over all cells: " in report
     tiles = list(csv.DictReader(open(docs / "tiny_tiles.csv")))
     assert {row["cell"] for row in tiles} == {"scratch_f100_s0", "ssl_f100_s0"}
-    assert len(tiles) == sum(len((out / "cells" / cell / "eval" / "metrics.csv").read_text().splitlines()) - 1
-                             for cell in ("scratch_f100_s0", "ssl_f100_s0"))
+    assert len(tiles) == sum(
+        len((out / "cells" / cell / "eval" / "metrics.csv").read_text().splitlines()) - 1
+        for cell in ("scratch_f100_s0", "ssl_f100_s0")
+    )
 
 
 def test_cross_validation_pretrains_each_fold_on_its_own_training_tiles(tmp_path, synthetic_dir):
-    args = ["run", "--preset", "tiny", "--data", str(synthetic_dir), "--out", str(tmp_path), "--inits", "ssl", "--fractions", "1.0",
-            "--seeds", "0", "--folds", "2", "--report_to", str(tmp_path / "docs")]
+    args = [
+        "run",
+        "--preset",
+        "tiny",
+        "--data",
+        str(synthetic_dir),
+        "--out",
+        str(tmp_path),
+        "--inits",
+        "ssl",
+        "--fractions",
+        "1.0",
+        "--seeds",
+        "0",
+        "--folds",
+        "2",
+        "--report_to",
+        str(tmp_path / "docs"),
+    ]
     result = subprocess.run(RUNNER + args, capture_output=True, text=True, timeout=900)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     for fold in (0, 1):

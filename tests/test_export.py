@@ -19,10 +19,27 @@ TOLERANCE = 1e-5
 
 
 def export(root):
-    command = [sys.executable, "-m", "monai.bundle", "ckpt_export", "network_def", "--filepath", str(root / "models" / "model.ts"),
-               "--ckpt_file", str(root / "models" / "model.pt"), "--meta_file", str(REPO_ROOT / "configs" / "metadata.json"),
-               "--config_file", str(REPO_ROOT / "configs" / "inference.json"), "--backbone", "resnet10",
-               "--use_trace", "True", "--input_shape", json.dumps([1, 3, 64, 64])]
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "ckpt_export",
+        "network_def",
+        "--filepath",
+        str(root / "models" / "model.ts"),
+        "--ckpt_file",
+        str(root / "models" / "model.pt"),
+        "--meta_file",
+        str(REPO_ROOT / "configs" / "metadata.json"),
+        "--config_file",
+        str(REPO_ROOT / "configs" / "inference.json"),
+        "--backbone",
+        "resnet10",
+        "--use_trace",
+        "True",
+        "--input_shape",
+        json.dumps([1, 3, 64, 64]),
+    ]
     return subprocess.run(command, capture_output=True, text=True, cwd=root, timeout=300)
 
 
@@ -43,9 +60,20 @@ def test_exported_model_matches_eager_and_runs_inference(tmp_path, synthetic_dir
     tiles.mkdir()
     shutil.copy(next((synthetic_dir / "images").glob("*.tif")), tiles / "tile.tif")
     outputs = {}
-    for name, configs in {"eager": ["inference.json"], "torchscript": ["inference.json", "inference_torchscript.json"]}.items():
+    for name, configs in {
+        "eager": ["inference.json"],
+        "torchscript": ["inference.json", "inference_torchscript.json"],
+    }.items():
         out = tmp_path / name
-        run = run_bundle(configs, cwd=tmp_path, bundle_root=str(tmp_path), dataset_dir=str(tiles), output_dir=str(out), backbone="resnet10", roi_size=64)
+        run = run_bundle(
+            configs,
+            cwd=tmp_path,
+            bundle_root=str(tmp_path),
+            dataset_dir=str(tiles),
+            output_dir=str(out),
+            backbone="resnet10",
+            roi_size=64,
+        )
         assert run.returncode == 0, run.stderr[-3000:]
         outputs[name] = tifffile.imread(out / "tile_instances.tif")
     np.testing.assert_array_equal(outputs["torchscript"], outputs["eager"])

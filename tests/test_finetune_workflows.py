@@ -12,20 +12,38 @@ import tifffile
 from bundle_runner import run_bundle
 from conftest import REPO_ROOT
 
-TINY = {"backbone": "resnet10", "crop_size": 64, "batch_size": 2, "crops_per_tile": 1, "num_workers": 0, "sw_batch_size": 4}
+TINY = {
+    "backbone": "resnet10",
+    "crop_size": 64,
+    "batch_size": 2,
+    "crops_per_tile": 1,
+    "num_workers": 0,
+    "sw_batch_size": 4,
+}
 
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, synthetic_dir):
     out = tmp_path_factory.mktemp("prepared")
-    subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "prepare.py"), "prepare", str(synthetic_dir), str(out)], check=True)
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "prepare.py"), "prepare", str(synthetic_dir), str(out)], check=True
+    )
     return out
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, prepared):
     root = tmp_path_factory.mktemp("run")
-    result = run_bundle(["train.json"], cwd=root, bundle_root=str(root), dataset_dir=str(prepared), init="scratch", max_epochs=2, val_interval=1, **TINY)
+    result = run_bundle(
+        ["train.json"],
+        cwd=root,
+        bundle_root=str(root),
+        dataset_dir=str(prepared),
+        init="scratch",
+        max_epochs=2,
+        val_interval=1,
+        **TINY,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return root, result.stdout + result.stderr
 
@@ -39,18 +57,43 @@ def test_training_validates_on_aji_and_keeps_the_best_model(trained):
 
 
 def test_ssl_init_loads_the_pretrained_encoder(tmp_path, prepared):
-    from bundle.networks import TripletEncoderNet
     import torch
 
+    from bundle.networks import TripletEncoderNet
+
     (tmp_path / "models").mkdir()
-    torch.save(TripletEncoderNet(backbone="resnet10").encoder.state_dict(), tmp_path / "models" / "pretrained_encoder.pt")
-    result = run_bundle(["train.json"], cwd=tmp_path, bundle_root=str(tmp_path), dataset_dir=str(prepared), init="ssl", max_epochs=1, val_interval=1, **TINY)
+    torch.save(
+        TripletEncoderNet(backbone="resnet10").encoder.state_dict(), tmp_path / "models" / "pretrained_encoder.pt"
+    )
+    result = run_bundle(
+        ["train.json"],
+        cwd=tmp_path,
+        bundle_root=str(tmp_path),
+        dataset_dir=str(prepared),
+        init="ssl",
+        max_epochs=1,
+        val_interval=1,
+        **TINY,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "initialised from ssl weights" in result.stdout + result.stderr and "tensors matched" in result.stdout + result.stderr
+    assert (
+        "initialised from ssl weights" in result.stdout + result.stderr
+        and "tensors matched" in result.stdout + result.stderr
+    )
 
 
 def test_label_fraction_trains_on_the_nested_subset(tmp_path, prepared):
-    result = run_bundle(["train.json"], cwd=tmp_path, bundle_root=str(tmp_path), dataset_dir=str(prepared), init="scratch", label_fraction=0.25, max_epochs=1, val_interval=1, **TINY)
+    result = run_bundle(
+        ["train.json"],
+        cwd=tmp_path,
+        bundle_root=str(tmp_path),
+        dataset_dir=str(prepared),
+        init="scratch",
+        label_fraction=0.25,
+        max_epochs=1,
+        val_interval=1,
+        **TINY,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     # 4 training tiles, 25 % -> 1 tile, batch 2 -> one iteration per epoch
     assert "label fraction 0.25: 1 of 4 training items" in result.stdout + result.stderr
@@ -58,7 +101,9 @@ def test_label_fraction_trains_on_the_nested_subset(tmp_path, prepared):
 
 def test_evaluate_writes_one_row_per_image_and_a_summary(trained, prepared):
     root, _ = trained
-    result = run_bundle(["train.json", "evaluate.json"], cwd=root, bundle_root=str(root), dataset_dir=str(prepared), **TINY)
+    result = run_bundle(
+        ["train.json", "evaluate.json"], cwd=root, bundle_root=str(root), dataset_dir=str(prepared), **TINY
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     rows = list(csv.DictReader(open(root / "eval" / "metrics.csv")))
     validation = json.loads((prepared / "datalist.json").read_text())["validation"]
@@ -77,7 +122,15 @@ def test_inference_writes_four_outputs_per_tile_and_skips_unreadable_ones(traine
         shutil.copy(path, tiles / path.name)
     (tiles / "broken tile.tif").write_bytes(b"not a tiff at all")
     out = tmp_path / "out"
-    result = run_bundle(["inference.json"], cwd=root, bundle_root=str(root), dataset_dir=str(tiles), output_dir=str(out), backbone="resnet10", roi_size=64)
+    result = run_bundle(
+        ["inference.json"],
+        cwd=root,
+        bundle_root=str(root),
+        dataset_dir=str(tiles),
+        output_dir=str(out),
+        backbone="resnet10",
+        roi_size=64,
+    )
     log = result.stdout + result.stderr
     assert result.returncode != 0 and "1 tile(s) could not be read" in log and "broken tile.tif" in log
     for path in sorted(tiles.glob("synthetic_*.tif")):
@@ -96,7 +149,13 @@ def test_training_ends_by_storing_thresholds_chosen_on_validation(trained, prepa
     root, log = trained
     stored = json.loads((root / "models" / "model.postprocess.json").read_text())
     assert "post-processing thresholds written to" in log
-    assert stored["body_threshold"] in (0.3, 0.4, 0.5, 0.6, 0.7) and stored["foreground_threshold"] in (0.3, 0.4, 0.5, 0.6, 0.7)
+    assert stored["body_threshold"] in (0.3, 0.4, 0.5, 0.6, 0.7) and stored["foreground_threshold"] in (
+        0.3,
+        0.4,
+        0.5,
+        0.6,
+        0.7,
+    )
     assert stored["chosen_by"]["tiles"] == len(json.loads((prepared / "datalist.json").read_text())["validation"])
     assert stored["chosen_by"]["score"] >= stored["chosen_by"]["score_of_defaults"]
 
@@ -116,23 +175,47 @@ def test_inference_and_evaluation_use_the_thresholds_stored_with_the_model(train
     settings = model_dir / "model.postprocess.json"
 
     def infer(out, **overrides):
-        result = run_bundle(["inference.json"], cwd=tmp_path, bundle_root=str(tmp_path), dataset_dir=str(tiles), output_dir=str(out),
-                            backbone="resnet10", roi_size=64, **overrides)
+        result = run_bundle(
+            ["inference.json"],
+            cwd=tmp_path,
+            bundle_root=str(tmp_path),
+            dataset_dir=str(tiles),
+            output_dir=str(out),
+            backbone="resnet10",
+            roi_size=64,
+            **overrides,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         return nuclei_per_tile(out)
 
     # every pixel a seed and foreground: the whole tile is one nucleus
-    settings.write_text(json.dumps({"body_threshold": 0.0, "foreground_threshold": 0.0, "min_marker_area": 0, "min_nucleus_area": 0}))
+    settings.write_text(
+        json.dumps({"body_threshold": 0.0, "foreground_threshold": 0.0, "min_marker_area": 0, "min_nucleus_area": 0})
+    )
     assert infer(tmp_path / "all", tta=True) == [1]
     # nuclei must cover 10^9 pixels: none is kept, at inference and at evaluation
     settings.write_text(json.dumps({"min_nucleus_area": 10**9}))
     assert infer(tmp_path / "none") == [0]
-    result = run_bundle(["train.json", "evaluate.json"], cwd=tmp_path, bundle_root=str(tmp_path), dataset_dir=str(prepared), tta=True, **TINY)
+    result = run_bundle(
+        ["train.json", "evaluate.json"],
+        cwd=tmp_path,
+        bundle_root=str(tmp_path),
+        dataset_dir=str(prepared),
+        tta=True,
+        **TINY,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads((tmp_path / "eval" / "metrics_summary.json").read_text())["n_pred"] == 0
     # a value given on the command line wins over the stored one
-    assert infer(tmp_path / "override", **{"postprocess#min_nucleus_area": 0, "postprocess#body_threshold": 0.0,
-                                           "postprocess#foreground_threshold": 0.0, "postprocess#min_marker_area": 0}) == [1]
+    assert infer(
+        tmp_path / "override",
+        **{
+            "postprocess#min_nucleus_area": 0,
+            "postprocess#body_threshold": 0.0,
+            "postprocess#foreground_threshold": 0.0,
+            "postprocess#min_marker_area": 0,
+        },
+    ) == [1]
 
 
 def test_the_loss_weights_boundaries_and_pools_dice_over_the_batch():

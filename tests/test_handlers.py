@@ -48,7 +48,9 @@ def test_latest_checkpoint_picks_the_highest_epoch(tmp_path):
     assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint_epoch=10.pt")
 
 
-@pytest.mark.parametrize("broken", [b"", b"PK\x03\x04 cut short", bytes(range(256)) * 16], ids=["empty", "cut", "random"])
+@pytest.mark.parametrize(
+    "broken", [b"", b"PK\x03\x04 cut short", bytes(range(256)) * 16], ids=["empty", "cut", "random"]
+)
 def test_latest_checkpoint_skips_files_that_are_not_zip_archives(tmp_path, caplog, broken):
     torch.save({"epoch": 8}, tmp_path / "checkpoint_epoch=8.pt")
     whole = (tmp_path / "checkpoint_epoch=8.pt").read_bytes()
@@ -67,7 +69,10 @@ def test_latest_checkpoint_with_only_broken_files_starts_over_with_a_warning(tmp
     (tmp_path / "checkpoint_epoch=3.pt").write_bytes(b"junk")
     with caplog.at_level(logging.WARNING, logger="bundle.handlers"):
         assert latest_checkpoint(tmp_path) is None
-    assert caplog.records[-1].getMessage() == f"{tmp_path}: no complete checkpoint to resume from; starting from the beginning"
+    assert (
+        caplog.records[-1].getMessage()
+        == f"{tmp_path}: no complete checkpoint to resume from; starting from the beginning"
+    )
 
 
 def saver_engine(tmp_path, **saver_args) -> tuple[Engine, AtomicCheckpointSaver]:
@@ -81,7 +86,10 @@ def saver_engine(tmp_path, **saver_args) -> tuple[Engine, AtomicCheckpointSaver]
         return {"loss": 0.0}
 
     engine = Engine(step)
-    save_dict = {"network": net, "optimizer": torch.optim.SGD(net.parameters(), lr=0.1)}  # 2 objects, as the configs save
+    save_dict = {
+        "network": net,
+        "optimizer": torch.optim.SGD(net.parameters(), lr=0.1),
+    }  # 2 objects, as the configs save
     saver = AtomicCheckpointSaver(save_dir=str(tmp_path), save_dict=save_dict, **saver_args)
     saver.attach(engine)
     return engine, saver
@@ -168,12 +176,16 @@ def test_epoch_seed_differs_between_neighbouring_seeds_ranks_and_epochs():
 
 
 def test_best_model_saver_state_keeps_a_better_earlier_model_after_a_resume(tmp_path):
-    engine, saver = saver_engine(tmp_path, save_key_metric=True, key_metric_name="score", key_metric_filename="model.pt")
+    engine, saver = saver_engine(
+        tmp_path, save_key_metric=True, key_metric_name="score", key_metric_filename="model.pt"
+    )
     engine.run(range(1), max_epochs=1)  # score 1, weight 1
     state = saver.state_dict()
     assert [priority for priority, _ in state["_saved"]] == [1.0]
 
-    resumed, resumed_saver = saver_engine(tmp_path, save_key_metric=True, key_metric_name="score", key_metric_filename="model.pt")
+    resumed, resumed_saver = saver_engine(
+        tmp_path, save_key_metric=True, key_metric_name="score", key_metric_filename="model.pt"
+    )
     resumed_saver.load_state_dict(state)
     resumed.state.epoch, resumed.state.iteration, resumed.state.epoch_length = 2, 2, 1
     resumed.run(range(1), max_epochs=3)  # epoch 3 scores 1 again: not higher, so the epoch-1 model stays
@@ -186,7 +198,12 @@ def test_epoch_checkpoints_of_earlier_processes_count_towards_n_saved(tmp_path):
     torch.save({}, tmp_path / "model.pt")
     (tmp_path / "checkpoint_epoch=9.pt").write_bytes(b"junk of a higher epoch")
     AtomicDiskSaver(tmp_path, keep=2)({"epoch": 4}, "checkpoint_epoch=4.pt")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=3.pt", "checkpoint_epoch=4.pt", "checkpoint_epoch=9.pt", "model.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "checkpoint_epoch=3.pt",
+        "checkpoint_epoch=4.pt",
+        "checkpoint_epoch=9.pt",
+        "model.pt",
+    ]
     (tmp_path / "checkpoint_epoch=9.pt").unlink()
     AtomicDiskSaver(tmp_path, keep=1)({"epoch": 4}, "checkpoint_epoch=4.pt")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint_epoch=4.pt", "model.pt"]

@@ -28,9 +28,9 @@ from conftest import REPO_ROOT
 from ignite.engine import Engine
 from monai.handlers import CheckpointLoader
 
+from bundle.checkpoints import CheckedCheckpointLoader
 from bundle.data import DataFileError, read_aperio_xml, read_image, read_label, write_image, write_label
 from bundle.inference import SaveNucleiOutputsd, TileScreen
-from bundle.checkpoints import CheckedCheckpointLoader
 from bundle.initialization import load_weights
 from bundle.networks import TripletEncoderNet, segmentation_unet
 from bundle.wsi import load_network_weights
@@ -50,7 +50,9 @@ def png_claiming(width: int, height: int, bit_depth: int, colour_type: int) -> b
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(100))) + chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(100))) + chunk(b"IEND", b"")
+    )
 
 
 def tiff_claiming(path: Path, height: int, width: int, rgb: bool) -> None:
@@ -71,7 +73,9 @@ def npy_claiming(path: Path, shape: tuple[int, ...]) -> None:
 
 def nifti_claiming(path: Path, shape: tuple[int, ...]) -> None:
     """A NIfTI (.nii, or gzipped when the name ends in .gz) whose header claims ``shape``, with 128 bytes of data."""
-    header = nibabel.Nifti1Header.from_fileobj(io.BytesIO(nibabel.Nifti1Image(np.zeros((8, 8), np.uint16), np.eye(4)).to_bytes()))
+    header = nibabel.Nifti1Header.from_fileobj(
+        io.BytesIO(nibabel.Nifti1Image(np.zeros((8, 8), np.uint16), np.eye(4)).to_bytes())
+    )
     header.set_data_shape(shape)
     data = header.binaryblock + bytes(4) + bytes(128)
     path.write_bytes(gzip.compress(data) if path.name.endswith(".gz") else data)
@@ -127,7 +131,10 @@ def test_png_header_claiming_100000_squared_pixels_is_refused_before_allocation(
 def test_label_header_claiming_more_values_than_the_limit_is_refused(tmp_path, name):
     path = tmp_path / name
     hostile_label(path, (300, 400))
-    with pytest.raises(DataFileError, match=rf"{name}: (header claims a \S+ label map, more than the limit of 100000 values|cannot decode)"):
+    with pytest.raises(
+        DataFileError,
+        match=rf"{name}: (header claims a \S+ label map, more than the limit of 100000 values|cannot decode)",
+    ):
         read_label(path, max_pixels=100_000)
     assert peak_mib(lambda: read_label(path, max_pixels=100_000)) < 5
 
@@ -153,8 +160,14 @@ def test_huge_shape_claims_are_refused_with_the_default_limit(tmp_path):
     names = ["image.tif", "image.png", "label.tif", "label.npy", "label.nii", "label.nii.gz", "label.png"]
     for name in names[2:]:
         hostile_label(tmp_path / name, (HUGE, HUGE))
-    result = subprocess.run([sys.executable, "-c", HUGE_CLAIMS_SCRIPT, *names], cwd=tmp_path, capture_output=True, text=True,
-                            timeout=120, env={**single_thread_env(), "PYTHONPATH": str(REPO_ROOT)})
+    result = subprocess.run(
+        [sys.executable, "-c", HUGE_CLAIMS_SCRIPT, *names],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**single_thread_env(), "PYTHONPATH": str(REPO_ROOT)},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.splitlines()
     assert [line.split(":")[0] for line in lines] == names, result.stdout
@@ -193,8 +206,12 @@ def test_xml_entities_are_refused_naming_the_file(tmp_path, text):
 def test_xml_external_dtd_is_never_loaded(tmp_path):
     (tmp_path / "defs.dtd").write_text('<!ENTITY secret "LEAKED">')
     path = tmp_path / "dtd.xml"
-    path.write_text(f'<?xml version="1.0"?><!DOCTYPE Annotations SYSTEM "{tmp_path / "defs.dtd"}"><Annotations>&secret;</Annotations>')
-    with pytest.raises(DataFileError, match=r"dtd\.xml: malformed XML at line 1, column \d+: undefined entity &secret;"):
+    path.write_text(
+        f'<?xml version="1.0"?><!DOCTYPE Annotations SYSTEM "{tmp_path / "defs.dtd"}"><Annotations>&secret;</Annotations>'
+    )
+    with pytest.raises(
+        DataFileError, match=r"dtd\.xml: malformed XML at line 1, column \d+: undefined entity &secret;"
+    ):
         read_aperio_xml(path, (8, 8))
 
 
@@ -202,7 +219,8 @@ def test_xml_vertices_beyond_any_slide_are_skipped_with_the_warning(tmp_path):
     far = [("-1e30", "-1e30"), ("1e30", "-1e30"), ("1e30", "1e30"), ("-1e30", "1e30")]
     near = [("1.5", "1.5"), ("3.5", "1.5"), ("3.5", "3.5"), ("1.5", "3.5")]
     body = "".join(
-        "<Region><Vertices>" + "".join(f'<Vertex X="{x}" Y="{y}"/>' for x, y in vertices) + "</Vertices></Region>" for vertices in (far, near)
+        "<Region><Vertices>" + "".join(f'<Vertex X="{x}" Y="{y}"/>' for x, y in vertices) + "</Vertices></Region>"
+        for vertices in (far, near)
     )
     path = tmp_path / "far.xml"
     path.write_text(f"<Annotations><Annotation><Regions>{body}</Regions></Annotation></Annotations>")
@@ -212,7 +230,10 @@ def test_xml_vertices_beyond_any_slide_are_skipped_with_the_warning(tmp_path):
 
 
 def xml_of(*regions) -> str:
-    body = "".join("<Region><Vertices>" + "".join(f'<Vertex X="{x}" Y="{y}"/>' for x, y in r) + "</Vertices></Region>" for r in regions)
+    body = "".join(
+        "<Region><Vertices>" + "".join(f'<Vertex X="{x}" Y="{y}"/>' for x, y in r) + "</Vertices></Region>"
+        for r in regions
+    )
     return f"<Annotations><Annotation><Regions>{body}</Regions></Annotation></Annotations>"
 
 
@@ -223,13 +244,18 @@ def test_xml_region_larger_than_any_nucleus_is_skipped_with_a_warning(tmp_path):
     path.write_text(xml_of(huge, near))
     with pytest.warns(UserWarning, match=r"stray\.xml: skipped 1 region\(s\) covering more than 10000 px"):
         label = read_aperio_xml(path, (200, 200))
-    assert set(np.unique(label)) == {0, 1} and label[1, 1] == 1 and (label == 1).sum() < 20  # the real nucleus, not swallowed
+    assert (
+        set(np.unique(label)) == {0, 1} and label[1, 1] == 1 and (label == 1).sum() < 20
+    )  # the real nucleus, not swallowed
 
 
 def test_xml_with_every_region_outside_the_tile_says_so(tmp_path):
     path = tmp_path / "elsewhere.xml"
     path.write_text(xml_of(*[[(f"{x}", "500"), (f"{x + 5}", "500"), (f"{x + 5}", "505")] for x in (300, 400)]))
-    with pytest.warns(UserWarning, match=r"elsewhere\.xml: 2 region\(s\) lie wholly outside the 64x64 tile; no nucleus is left in the label"):
+    with pytest.warns(
+        UserWarning,
+        match=r"elsewhere\.xml: 2 region\(s\) lie wholly outside the 64x64 tile; no nucleus is left in the label",
+    ):
         label = read_aperio_xml(path, (64, 64))
     assert not label.any()
 
@@ -239,7 +265,12 @@ def test_xml_with_every_region_outside_the_tile_says_so(tmp_path):
 
 @pytest.mark.parametrize(
     "source,stem",
-    [("tiles/../../escape me.tif", "escape me"), ("/abs/dir/..tif", "."), ("a b/ c .PNG", " c "), ("../../../etc/passwd", "passwd")],
+    [
+        ("tiles/../../escape me.tif", "escape me"),
+        ("/abs/dir/..tif", "."),
+        ("a b/ c .PNG", " c "),
+        ("../../../etc/passwd", "passwd"),
+    ],
 )
 def test_inference_outputs_stay_in_the_output_folder(tmp_path, source, stem):
     out = tmp_path / "deep" / "out"
@@ -247,7 +278,9 @@ def test_inference_outputs_stay_in_the_output_folder(tmp_path, source, stem):
     instances[0, 4:9, 4:9] = 1
     SaveNucleiOutputsd(output_dir=out)({"image": torch.rand(3, 16, 16), "image_path": source, "instances": instances})
     written = sorted(p for p in tmp_path.rglob("*") if p.is_file())
-    assert [p.name for p in written] == sorted(f"{stem}{suffix}" for suffix in ("_instances.tif", "_overlay.png", ".geojson", "_nuclei.csv"))
+    assert [p.name for p in written] == sorted(
+        f"{stem}{suffix}" for suffix in ("_instances.tif", "_overlay.png", ".geojson", "_nuclei.csv")
+    )
     assert all(p.parent == out for p in written)
 
 
@@ -279,7 +312,11 @@ def test_tile_screen_treats_stems_case_insensitively(tmp_path):
     screen = TileScreen()
     items = [{"image": str(tmp_path / name)} for name in ("Z.tif", "z.TIF")]
     assert screen.readable(items) == items[:1]
-    assert screen.failures == {str(tmp_path / "z.TIF"): f"{tmp_path / 'z.TIF'}: same file stem as {tmp_path / 'Z.tif'}: their outputs would overwrite each other"}
+    assert screen.failures == {
+        str(
+            tmp_path / "z.TIF"
+        ): f"{tmp_path / 'z.TIF'}: same file stem as {tmp_path / 'Z.tif'}: their outputs would overwrite each other"
+    }
 
 
 # ----------------------------------------------------------------------------- command lines
@@ -323,7 +360,12 @@ def make_source_folder(src: Path) -> list[str]:
 def test_prepare_cli_reports_one_line_per_bad_file_and_converts_the_rest(tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
     expected = make_source_folder(src)
-    result = subprocess.run([sys.executable, str(PREPARE_SCRIPT), "prepare", str(src), str(out)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(PREPARE_SCRIPT), "prepare", str(src), str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     problems = [line for line in result.stderr.splitlines() if line.startswith("- ")]
@@ -343,17 +385,36 @@ def test_tile_inference_cli_reports_bad_tiles_and_writes_the_others(tmp_path):
     tifffile.imwrite(tiles / "nan.tif", np.full((64, 64, 3), np.nan, np.float32), photometric="rgb")
     (tiles / "loop.tif").symlink_to(tiles / "loop.tif")
     (tmp_path / "models").mkdir()
-    torch.save({"network": segmentation_unet("resnet10", out_channels=3).state_dict()}, tmp_path / "models" / "model.pt")
-    command = bundle_command(["inference.json"], bundle_root=str(tmp_path), dataset_dir=str(tiles), output_dir=str(out), backbone="resnet10", roi_size=64)
+    torch.save(
+        {"network": segmentation_unet("resnet10", out_channels=3).state_dict()}, tmp_path / "models" / "model.pt"
+    )
+    command = bundle_command(
+        ["inference.json"],
+        bundle_root=str(tmp_path),
+        dataset_dir=str(tiles),
+        output_dir=str(out),
+        backbone="resnet10",
+        roi_size=64,
+    )
     result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=single_thread_env())
     log = result.stdout + result.stderr
     assert result.returncode != 0 and "Traceback" not in log, log[-3000:]
     assert "5 tile(s) could not be read" in log
-    for fragment in ("good tile.tif: same file stem as", "empty.tif: empty file", "huge.tif: header claims", "nan.tif: float image with",
-                     "loop.tif: symbolic link that does not resolve"):
+    for fragment in (
+        "good tile.tif: same file stem as",
+        "empty.tif: empty file",
+        "huge.tif: header claims",
+        "nan.tif: float image with",
+        "loop.tif: symbolic link that does not resolve",
+    ):
         assert sum(fragment in line and line.startswith("  ") for line in log.splitlines()) == 1, fragment
-    assert sorted(p.name for p in out.iterdir()) == ["good tile.geojson", "good tile_instances.tif", "good tile_nuclei.csv", "good tile_overlay.png",
-                                                     "manifest.json"]  # no lock left behind
+    assert sorted(p.name for p in out.iterdir()) == [
+        "good tile.geojson",
+        "good tile_instances.tif",
+        "good tile_nuclei.csv",
+        "good tile_overlay.png",
+        "manifest.json",
+    ]  # no lock left behind
 
 
 # ----------------------------------------------------------------------------- checkpoints are data
@@ -374,7 +435,10 @@ def pickled_checkpoint(tmp_path) -> tuple[Path, Path]:
     """A checkpoint whose ``network`` entry holds real weights plus an object that runs code when unpickled."""
     (tmp_path / "source.txt").write_text("x")
     marker = tmp_path / "code_ran.txt"
-    state = {**TripletEncoderNet("resnet10").state_dict(), "payload": CopiesAFileWhenUnpickled(tmp_path / "source.txt", marker)}
+    state = {
+        **TripletEncoderNet("resnet10").state_dict(),
+        "payload": CopiesAFileWhenUnpickled(tmp_path / "source.txt", marker),
+    }
     path = tmp_path / "checkpoint_epoch=1.pt"
     torch.save({"network": state}, path)
     return path, marker
@@ -397,7 +461,9 @@ def test_every_loader_we_own_refuses_a_pickled_object(pickled_checkpoint):
         "bundle.wsi.load_network_weights": lambda: load_network_weights(TripletEncoderNet("resnet10"), path),
     }
     for name, load in loaders.items():
-        with pytest.raises(ValueError, match=r"checkpoint_epoch=1\.pt: holds Python objects other than tensors") as error:
+        with pytest.raises(
+            ValueError, match=r"checkpoint_epoch=1\.pt: holds Python objects other than tensors"
+        ) as error:
             load()
         assert "weights_only" not in str(error.value), f"{name} suggests unsafe loading"
         assert not marker.exists(), f"{name} ran code from the checkpoint"

@@ -7,7 +7,9 @@ from bundle.inferers import CpuBf16Inferer, FlipTTAInferer, cpu_has_native_bf16
 
 def asymmetric_network() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 3, 5, padding=2)).eval()
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(4, 3, 5, padding=2)
+    ).eval()
 
 
 def symmetric_image() -> torch.Tensor:
@@ -35,8 +37,12 @@ def test_tta_equals_the_plain_pass_on_a_symmetric_input_for_a_symmetric_output()
 def test_tta_is_the_mean_of_the_flipped_back_predictions():
     network, image = asymmetric_network(), torch.rand(1, 3, 16, 24)
     with torch.no_grad():
-        expected = (network(image) + network(image.flip(2)).flip(2) + network(image.flip(3)).flip(3)
-                    + network(image.flip(2, 3)).flip(2, 3)) / 4
+        expected = (
+            network(image)
+            + network(image.flip(2)).flip(2)
+            + network(image.flip(3)).flip(3)
+            + network(image.flip(2, 3)).flip(2, 3)
+        ) / 4
         torch.testing.assert_close(FlipTTAInferer()(image, network), expected)
         assert not torch.allclose(expected, network(image), atol=1e-3)  # the network is not flip-equivariant
 

@@ -11,7 +11,9 @@ SCHEMA = SHARED_DATA.parent / "schemas" / "meta_schema_20240725.json"
 
 
 def monai_bundle(*args, cwd):
-    return subprocess.run([sys.executable, "-m", "monai.bundle", *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "monai.bundle", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
 
 
 def test_metadata_matches_the_schema(tmp_path):
@@ -19,7 +21,14 @@ def test_metadata_matches_the_schema(tmp_path):
         pytest.skip(f"schema not found at {SCHEMA}")
     schema = tmp_path / SCHEMA.name
     shutil.copy(SCHEMA, schema)  # verify_metadata only reads a local file that exists: no download
-    result = monai_bundle("verify_metadata", "--meta_file", str(REPO_ROOT / "configs" / "metadata.json"), "--filepath", str(schema), cwd=tmp_path)
+    result = monai_bundle(
+        "verify_metadata",
+        "--meta_file",
+        str(REPO_ROOT / "configs" / "metadata.json"),
+        "--filepath",
+        str(schema),
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "metadata is verified with no error" in result.stdout + result.stderr
 
@@ -27,7 +36,18 @@ def test_metadata_matches_the_schema(tmp_path):
 @pytest.mark.parametrize("configs", [["train.json"], ["inference.json"]])
 def test_networks_match_the_declared_inputs_and_outputs(tmp_path, configs):
     files = "[" + ",".join(f"'{REPO_ROOT / 'configs' / c}'" for c in configs) + "]"
-    result = monai_bundle("verify_net_in_out", "network_def", "--meta_file", str(REPO_ROOT / "configs" / "metadata.json"),
-                          "--config_file", files, "--init", "scratch", "--device", "cpu", cwd=tmp_path)
+    result = monai_bundle(
+        "verify_net_in_out",
+        "network_def",
+        "--meta_file",
+        str(REPO_ROOT / "configs" / "metadata.json"),
+        "--config_file",
+        files,
+        "--init",
+        "scratch",
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "data shape of network is verified with no error" in result.stdout + result.stderr

@@ -24,8 +24,18 @@ def torchrun(tmp_path, configs, **overrides):
     extra = tmp_path / "save_rank_weights.json"
     extra.write_text(json.dumps(SAVE_RANK_WEIGHTS))
     files = [str(REPO_ROOT / "configs" / c) for c in configs] + [str(extra)]
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-               "-m", "monai.bundle", "run", "--config_file", json.dumps(files)]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        json.dumps(files),
+    ]
     for key, value in overrides.items():
         command += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
     return subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -51,13 +61,24 @@ def prepared(tmp_path_factory):
 
     tiles, out = tmp_path_factory.mktemp("tiles"), tmp_path_factory.mktemp("prepared")
     synthesize_dataset(tiles, n_tiles=10, shape=(128, 128), seed=1)
-    subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "prepare.py"), "prepare", str(tiles), str(out)], check=True)
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "prepare.py"), "prepare", str(tiles), str(out)], check=True
+    )
     return out
 
 
 def test_pretrain_on_two_processes(tmp_path, synthetic_dir):
-    result = torchrun(tmp_path, ["pretrain.json", "multi_gpu_pretrain.json"], bundle_root=str(tmp_path), dataset_dir=str(synthetic_dir),
-                      max_shift=16, negative_sizes=[48, 32], batch_size=1, triplets_per_epoch=4, **TINY)
+    result = torchrun(
+        tmp_path,
+        ["pretrain.json", "multi_gpu_pretrain.json"],
+        bundle_root=str(tmp_path),
+        dataset_dir=str(synthetic_dir),
+        max_shift=16,
+        negative_sizes=[48, 32],
+        batch_size=1,
+        triplets_per_epoch=4,
+        **TINY,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert_same_weights_on_both_ranks(tmp_path)
     assert result.stdout.count("pretrained encoder written to") == 1  # rank 0 only
@@ -66,8 +87,17 @@ def test_pretrain_on_two_processes(tmp_path, synthetic_dir):
 
 
 def test_train_on_two_processes(tmp_path, prepared):
-    result = torchrun(tmp_path, ["train.json", "multi_gpu_train.json"], bundle_root=str(tmp_path), dataset_dir=str(prepared),
-                      init="scratch", batch_size=1, crops_per_tile=1, val_interval=1, **TINY)
+    result = torchrun(
+        tmp_path,
+        ["train.json", "multi_gpu_train.json"],
+        bundle_root=str(tmp_path),
+        dataset_dir=str(prepared),
+        init="scratch",
+        batch_size=1,
+        crops_per_tile=1,
+        val_interval=1,
+        **TINY,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     assert_same_weights_on_both_ranks(tmp_path)
     assert (tmp_path / "models" / "model.pt").is_file()

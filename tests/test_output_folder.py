@@ -9,10 +9,9 @@ import sys
 import numpy as np
 import pytest
 import torch
-
-import bundle.inference as inference
 from monai.data import DataLoader
 
+import bundle.inference as inference
 from bundle.inference import SaveNucleiOutputsd, TileEvaluator, TileScreen
 from bundle.output_folder import LOCK_NAME, MANIFEST_NAME, OutputFolder
 
@@ -52,13 +51,22 @@ def test_a_tile_failing_during_inference_is_skipped_and_the_next_is_processed(tm
         done.append(d["image_path"])
         return d
 
-    data = [{"image": torch.full((3, 8, 8), 0.9 if where == "network" else 0.1), "image_path": "/data/big.tif"},
-            {"image": torch.full((3, 8, 8), 0.1), "image_path": "/data/next.tif"}]
-    evaluator = TileEvaluator(device=torch.device("cpu"), val_data_loader=DataLoader(data, batch_size=1), network=FailsOnBrightTiles(),
-                              postprocessing=write, screen=screen)
+    data = [
+        {"image": torch.full((3, 8, 8), 0.9 if where == "network" else 0.1), "image_path": "/data/big.tif"},
+        {"image": torch.full((3, 8, 8), 0.1), "image_path": "/data/next.tif"},
+    ]
+    evaluator = TileEvaluator(
+        device=torch.device("cpu"),
+        val_data_loader=DataLoader(data, batch_size=1),
+        network=FailsOnBrightTiles(),
+        postprocessing=write,
+        screen=screen,
+    )
     evaluator.run()
     assert done == ["/data/next.tif"]
-    assert screen.failures == {"/data/big.tif": "/data/big.tif: failed during inference (MemoryError: Unable to allocate 2.3 GiB); no output written"}
+    assert screen.failures == {
+        "/data/big.tif": "/data/big.tif: failed during inference (MemoryError: Unable to allocate 2.3 GiB); no output written"
+    }
     with pytest.raises(SystemExit, match="1 tile\\(s\\) could not be read, processed or written"):
         screen.exit_status()
 
@@ -99,7 +107,9 @@ def test_a_second_live_run_on_the_same_folder_is_refused_and_a_dead_runs_lock_ta
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
         (out / LOCK_NAME).write_text(str(sleeper.pid))
-        with pytest.raises(SystemExit, match=f"another inference run \\(pid {sleeper.pid}\\) is writing to this folder"):
+        with pytest.raises(
+            SystemExit, match=f"another inference run \\(pid {sleeper.pid}\\) is writing to this folder"
+        ):
             OutputFolder(out, model)
     finally:
         sleeper.kill()
@@ -132,6 +142,8 @@ def test_a_tile_needing_more_memory_than_available_is_skipped_naming_the_need(tm
     items = [{"image": str(tmp_path / name)} for name in ("big.tif", "small.tif")]
     screen = TileScreen(memory_bytes=100 * 200 * inference.INFERENCE_BYTES_PER_PIXEL - 1)
     assert screen.readable(items) == items[1:]
-    assert screen.failures[str(tmp_path / "big.tif")].startswith(f"{tmp_path / 'big.tif'}: 100x200 pixels need about 0.0 GiB for tile inference")
+    assert screen.failures[str(tmp_path / "big.tif")].startswith(
+        f"{tmp_path / 'big.tif'}: 100x200 pixels need about 0.0 GiB for tile inference"
+    )
     assert "run configs/inference_wsi.json on it" in screen.failures[str(tmp_path / "big.tif")]
     assert TileScreen().memory_bytes > 2**20  # the machine's available memory by default

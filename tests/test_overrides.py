@@ -2,41 +2,74 @@
 
 import pytest
 from bundle_runner import run_bundle
+from conftest import REPO_ROOT
 from monai.bundle import ConfigParser
 
 from bundle.cli import command_line_checks
 from bundle.overrides import check_overrides, cli_overrides, override_problems
-from conftest import REPO_ROOT
 
 TRAIN = ConfigParser()
 TRAIN.read_config([str(REPO_ROOT / "configs" / "train.json"), str(REPO_ROOT / "configs" / "evaluate.json")])
 
 
 def test_command_line_pairs_are_parsed_as_fire_parses_them():
-    argv = ["--config_file", '["a.json", "b.json"]', "--learning_rate", "0.1", "--crop_size=256", "--resume", "False",
-            "--tta", "--name", "x y"]
-    assert cli_overrides(argv) == {"config_file": ["a.json", "b.json"], "learning_rate": 0.1, "crop_size": 256, "resume": False,
-                                   "tta": True, "name": "x y"}
+    argv = [
+        "--config_file",
+        '["a.json", "b.json"]',
+        "--learning_rate",
+        "0.1",
+        "--crop_size=256",
+        "--resume",
+        "False",
+        "--tta",
+        "--name",
+        "x y",
+    ]
+    assert cli_overrides(argv) == {
+        "config_file": ["a.json", "b.json"],
+        "learning_rate": 0.1,
+        "crop_size": 256,
+        "resume": False,
+        "tta": True,
+        "name": "x y",
+    }
 
 
-@pytest.mark.parametrize("overrides, problem", [
-    ({"lerning_rate": 0.1}, "--lerning_rate: not a key of this workflow's config; did you mean --learning_rate?"),
-    ({"validate#splt": "x"}, "--validate#splt: not a key of this workflow's config; did you mean --validate#split?"),
-    ({"crop_size": "abc"}, "--crop_size: expected an integer (the default is 768), got 'abc'"),
-    ({"learning_rate": "fast"}, "--learning_rate: expected a number (the default is 0.0003), got 'fast'"),
-    ({"resume": "false"}, "--resume: expected True or False (the default is True), got 'false'"),
-    ({"class_weights": 2}, "--class_weights: expected a list, e.g. [1, 2] (the default is [1.0, 1.0, 2.0]), got 2"),
-    ({"label_fraction": 1.5}, "--label_fraction: must be in (0, 1], got 1.5"),
-    ({"batch_size": 0}, "--batch_size: must be greater than 0, got 0"),
-    ({"num_workers": -1}, "--num_workers: must be 0 or more, got -1"),
-])
+@pytest.mark.parametrize(
+    "overrides, problem",
+    [
+        ({"lerning_rate": 0.1}, "--lerning_rate: not a key of this workflow's config; did you mean --learning_rate?"),
+        (
+            {"validate#splt": "x"},
+            "--validate#splt: not a key of this workflow's config; did you mean --validate#split?",
+        ),
+        ({"crop_size": "abc"}, "--crop_size: expected an integer (the default is 768), got 'abc'"),
+        ({"learning_rate": "fast"}, "--learning_rate: expected a number (the default is 0.0003), got 'fast'"),
+        ({"resume": "false"}, "--resume: expected True or False (the default is True), got 'false'"),
+        ({"class_weights": 2}, "--class_weights: expected a list, e.g. [1, 2] (the default is [1.0, 1.0, 2.0]), got 2"),
+        ({"label_fraction": 1.5}, "--label_fraction: must be in (0, 1], got 1.5"),
+        ({"batch_size": 0}, "--batch_size: must be greater than 0, got 0"),
+        ({"num_workers": -1}, "--num_workers: must be 0 or more, got -1"),
+    ],
+)
 def test_each_bad_override_is_one_line(overrides, problem):
     assert override_problems(overrides, TRAIN) == [problem]
 
 
 def test_good_overrides_pass():
-    good = {"config_file": ["x"], "bundle_root": "/tmp/x", "learning_rate": 1, "crop_size": 256, "resume": False, "label_fraction": 0.1,
-            "class_weights": [1, 1, 3], "validate#split": "test", "max_epochs": "$10 * 2", "tta": True, "init_weights": "w.pt"}
+    good = {
+        "config_file": ["x"],
+        "bundle_root": "/tmp/x",
+        "learning_rate": 1,
+        "crop_size": 256,
+        "resume": False,
+        "label_fraction": 0.1,
+        "class_weights": [1, 1, 3],
+        "validate#split": "test",
+        "max_epochs": "$10 * 2",
+        "tta": True,
+        "init_weights": "w.pt",
+    }
     assert override_problems(good, TRAIN) == []
 
 

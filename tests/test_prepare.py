@@ -257,8 +257,12 @@ def test_prepare_refuses_an_output_folder_inside_test_src(tmp_path, capsys):
 def test_prepare_warns_when_the_xml_used_and_the_mask_beside_it_disagree(tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
     make_monuseg_folder(src)
-    (src / "annotations" / "TILE-00.xml").write_text("<Annotations><Annotation><Regions></Regions></Annotation></Annotations>")
-    with pytest.warns(UserWarning, match=r"TILE-00\.xml: 0 nuclei, but the mask beside it \(.*TILE-00\.png\) has 3; the XML is used"):
+    (src / "annotations" / "TILE-00.xml").write_text(
+        "<Annotations><Annotation><Regions></Regions></Annotation></Annotations>"
+    )
+    with pytest.warns(
+        UserWarning, match=r"TILE-00\.xml: 0 nuclei, but the mask beside it \(.*TILE-00\.png\) has 3; the XML is used"
+    ):
         prepare_script.prepare(src=str(src), out=str(out))
 
 

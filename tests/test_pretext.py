@@ -67,7 +67,9 @@ def test_permutation_set_is_unique_far_apart_and_deterministic(include_identity)
     assert all(sorted(row) == list(range(9)) for row in permutations.tolist())
     assert len({tuple(row) for row in permutations.tolist()}) == 30
     assert _pairwise_hamming(permutations).min() >= 7
-    np.testing.assert_array_equal(permutations, maximal_hamming_permutations(30, seed=3, include_identity=include_identity))
+    np.testing.assert_array_equal(
+        permutations, maximal_hamming_permutations(30, seed=3, include_identity=include_identity)
+    )
     assert not np.array_equal(permutations, maximal_hamming_permutations(30, seed=4, include_identity=include_identity))
 
 
@@ -138,7 +140,9 @@ def test_tile_gap_frames_each_tile_with_a_window_of_its_source_tile():
         assert not frame.any(), f"cell {cell}: frame not filled"
         row, col = transform.offsets[origin]
         assert 0 <= row <= gap and 0 <= col <= gap
-        assert torch.equal(window, source[origin][:, row : row + inner, col : col + inner]), f"cell {cell}: not tile {origin}"
+        assert torch.equal(
+            window, source[origin][:, row : row + inner, col : col + inner]
+        ), f"cell {cell}: not tile {origin}"
 
 
 def test_tile_gap_as_large_as_a_tile_is_a_clear_error():
@@ -172,7 +176,10 @@ def test_colorme_channel_out_of_range_is_a_clear_error():
 
 ARRAY_AND_DICT = [
     (lambda: RandRotationPretext(64), lambda: RandRotationPretextd("image", 64)),
-    (lambda: JigsawPretext(66, n_permutations=10, tile_gap=4), lambda: JigsawPretextd("image", 66, n_permutations=10, tile_gap=4)),
+    (
+        lambda: JigsawPretext(66, n_permutations=10, tile_gap=4),
+        lambda: JigsawPretextd("image", 66, n_permutations=10, tile_gap=4),
+    ),
     (lambda: ColorMePretext(64), lambda: ColorMePretextd("image", 64)),
 ]
 

@@ -11,7 +11,9 @@ TINY = TINY_PRETRAIN
 
 @pytest.mark.parametrize("weights", [{}, {"w_cr": 0.0}, {"w_st": 0.0}], ids=["both", "lst_only", "lcr_only"])
 def test_two_iterations_write_encoder_checkpoint_and_logs(tmp_path, synthetic_dir, weights):
-    result = run_bundle(["pretrain.json"], cwd=tmp_path, bundle_root=str(tmp_path), dataset_dir=str(synthetic_dir), **TINY, **weights)
+    result = run_bundle(
+        ["pretrain.json"], cwd=tmp_path, bundle_root=str(tmp_path), dataset_dir=str(synthetic_dir), **TINY, **weights
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     encoder_path = tmp_path / "models" / "pretrained_encoder.pt"
     assert f"pretrained encoder written to {encoder_path}" in result.stdout
@@ -34,14 +36,20 @@ def test_resumes_from_the_last_checkpoint(tmp_path, synthetic_dir):
 
 def test_folder_without_images_is_a_clear_error(tmp_path):
     (tmp_path / "empty").mkdir()
-    result = run_bundle(["pretrain.json"], cwd=tmp_path, bundle_root=str(tmp_path), dataset_dir=str(tmp_path / "empty"), **TINY)
+    result = run_bundle(
+        ["pretrain.json"], cwd=tmp_path, bundle_root=str(tmp_path), dataset_dir=str(tmp_path / "empty"), **TINY
+    )
     assert result.returncode != 0
     assert f"{tmp_path / 'empty'}: no images found" in result.stderr
 
 
 def test_tile_smaller_than_the_crop_is_a_clear_error(tmp_path, synthetic_dir):
     result = run_bundle(
-        ["pretrain.json"], cwd=tmp_path, bundle_root=str(tmp_path), dataset_dir=str(synthetic_dir), **{**TINY, "crop_size": 256, "max_shift": 8}
+        ["pretrain.json"],
+        cwd=tmp_path,
+        bundle_root=str(tmp_path),
+        dataset_dir=str(synthetic_dir),
+        **{**TINY, "crop_size": 256, "max_shift": 8},
     )
     assert result.returncode != 0
     assert "synthetic_00" in result.stderr and "smaller than crop_size=256" in result.stderr

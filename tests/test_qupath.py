@@ -6,10 +6,10 @@ import json
 import numpy as np
 import pytest
 import tifffile
+from conftest import REPO_ROOT
 
 from bundle.data import DataFileError, read_label, write_image
 from bundle.qupath import read_qupath_geojson
-from conftest import REPO_ROOT
 
 
 def square(x0, y0, x1, y1):
@@ -21,13 +21,19 @@ def feature(geometry, object_type="annotation", **extra):
     return {"type": "Feature", "geometry": geometry, "properties": {"objectType": object_type}, **extra}
 
 
-QUPATH_EXPORT = {"type": "FeatureCollection", "features": [
-    feature({"type": "Polygon", "coordinates": [square(2, 2, 6, 6)]}),
-    feature({"type": "MultiPolygon", "coordinates": [[square(10, 2, 12, 4)], [square(14, 2, 16, 4)]]}, "detection"),
-    feature({"type": "Polygon", "coordinates": [square(0, 10, 10, 20), square(3, 13, 7, 17)]}),  # with a hole
-    feature({"type": "Polygon", "coordinates": [square(11, 10, 19, 19)]}, "cell",
-            nucleusGeometry={"type": "Polygon", "coordinates": [square(13, 12, 16, 15)]}),
-]}
+QUPATH_EXPORT = {
+    "type": "FeatureCollection",
+    "features": [
+        feature({"type": "Polygon", "coordinates": [square(2, 2, 6, 6)]}),
+        feature({"type": "MultiPolygon", "coordinates": [[square(10, 2, 12, 4)], [square(14, 2, 16, 4)]]}, "detection"),
+        feature({"type": "Polygon", "coordinates": [square(0, 10, 10, 20), square(3, 13, 7, 17)]}),  # with a hole
+        feature(
+            {"type": "Polygon", "coordinates": [square(11, 10, 19, 19)]},
+            "cell",
+            nucleusGeometry={"type": "Polygon", "coordinates": [square(13, 12, 16, 15)]},
+        ),
+    ],
+}
 
 
 def expected_label() -> np.ndarray:
@@ -50,26 +56,38 @@ def test_annotations_detections_cells_multipolygons_and_holes_are_rasterised(tmp
 
 def test_unusable_features_are_skipped_with_one_warning(tmp_path):
     path = tmp_path / "bad.geojson"
-    path.write_text(json.dumps([
-        feature({"type": "Polygon", "coordinates": [square(2, 2, 6, 6)]}),
-        feature({"type": "Point", "coordinates": [3, 3]}),
-        feature({"type": "Polygon", "coordinates": [[[1, 1], [2, 2]]]}),
-        feature({"type": "Polygon", "coordinates": [[[1, 1], ["nan", 2], [3, 1]]]}),
-        feature({"type": "Polygon", "coordinates": [square(-1e8, -1e8, 1e8, 1e8)]}),
-    ]))
+    path.write_text(
+        json.dumps(
+            [
+                feature({"type": "Polygon", "coordinates": [square(2, 2, 6, 6)]}),
+                feature({"type": "Point", "coordinates": [3, 3]}),
+                feature({"type": "Polygon", "coordinates": [[[1, 1], [2, 2]]]}),
+                feature({"type": "Polygon", "coordinates": [[[1, 1], ["nan", 2], [3, 1]]]}),
+                feature({"type": "Polygon", "coordinates": [square(-1e8, -1e8, 1e8, 1e8)]}),
+            ]
+        )
+    )
     with pytest.warns(UserWarning) as caught:
         label = read_qupath_geojson(path, (200, 200))
     assert len(caught) == 1
-    assert str(caught[0].message) == (f"{path}: skipped 3 region(s) with fewer than 3 vertices or non-numeric/non-finite/out-of-range "
-                                      "coordinates; skipped 1 region(s) covering more than 10000 px (no nucleus is that large)")
+    assert str(caught[0].message) == (
+        f"{path}: skipped 3 region(s) with fewer than 3 vertices or non-numeric/non-finite/out-of-range "
+        "coordinates; skipped 1 region(s) covering more than 10000 px (no nucleus is that large)"
+    )
     assert np.unique(label).tolist() == [0, 1] and (label == 1).sum() == 16
 
 
-@pytest.mark.parametrize("text, problem", [
-    ("", "empty file (0 bytes)"),
-    ('{"type": "FeatureCollection", "features": [', "malformed JSON at line 1, column 44: Expecting value"),
-    ('{"name": "not geojson"}', "not GeoJSON: expected a FeatureCollection, a list of features, a feature or a geometry"),
-])
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("", "empty file (0 bytes)"),
+        ('{"type": "FeatureCollection", "features": [', "malformed JSON at line 1, column 44: Expecting value"),
+        (
+            '{"name": "not geojson"}',
+            "not GeoJSON: expected a FeatureCollection, a list of features, a feature or a geometry",
+        ),
+    ],
+)
 def test_broken_files_are_named_with_the_problem(tmp_path, text, problem):
     path = tmp_path / "broken.geojson"
     path.write_text(text)

@@ -39,12 +39,18 @@ def hook_config(root: Path, hook: str) -> str:
     items, so tests/ reaches ``sys.path`` through PYTHONPATH, see :meth:`Workflow.start`.)
     """
     path = root / "kill_hook.json"
-    path.write_text(json.dumps({"run": [
-        "$import kill_hook",
-        "$[handler.attach(@train#trainer) for handler in @train#state_handlers]",
-        f"$kill_hook.{hook}",
-        "$@train#trainer.run()",
-    ]}))
+    path.write_text(
+        json.dumps(
+            {
+                "run": [
+                    "$import kill_hook",
+                    "$[handler.attach(@train#trainer) for handler in @train#state_handlers]",
+                    f"$kill_hook.{hook}",
+                    "$@train#trainer.run()",
+                ]
+            }
+        )
+    )
     return str(path)
 
 
@@ -53,7 +59,9 @@ def kill_when_a_checkpoint_appears(workflow: Workflow) -> int:
     process, _ = workflow.start()
     deadline = time.monotonic() + RUN_TIMEOUT_S
     while process.poll() is None and time.monotonic() < deadline:
-        if workflow.ckpt_dir.is_dir() and any(p.name.startswith("checkpoint_epoch=") for p in workflow.ckpt_dir.iterdir()):
+        if workflow.ckpt_dir.is_dir() and any(
+            p.name.startswith("checkpoint_epoch=") for p in workflow.ckpt_dir.iterdir()
+        ):
             process.send_signal(signal.SIGKILL)
             break
         time.sleep(0.005)
@@ -65,7 +73,9 @@ def assert_resumed_like_reference(workflow: Workflow, reference: tuple[Workflow,
     status, log = workflow.run()
     assert status == 0, log[-3000:]
     assert f"Restored all variables from {workflow.ckpt_dir / f'checkpoint_epoch={resumed_from}.pt'}" in log
-    trainer_epoch = "SupervisedTrainer - INFO - Epoch[{}] Complete"  # evaluators (validation, thresholds) log epochs too
+    trainer_epoch = (
+        "SupervisedTrainer - INFO - Epoch[{}] Complete"  # evaluators (validation, thresholds) log epochs too
+    )
     assert trainer_epoch.format(resumed_from) not in log and trainer_epoch.format(resumed_from + 1) in log
     reference_workflow, reference_log = reference
     resumed_lines = stats_lines(log)
@@ -82,7 +92,11 @@ def assert_resumed_like_reference(workflow: Workflow, reference: tuple[Workflow,
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory, synthetic_dir) -> Path:
     out = tmp_path_factory.mktemp("prepared")
-    subprocess.run([sys.executable, str(REPO_ROOT / "scripts" / "prepare.py"), "prepare", str(synthetic_dir), str(out)], check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, str(REPO_ROOT / "scripts" / "prepare.py"), "prepare", str(synthetic_dir), str(out)],
+        check=True,
+        capture_output=True,
+    )
     return out
 
 
@@ -107,7 +121,9 @@ def finetune_reference(tmp_path_factory, prepared) -> tuple[Workflow, str]:
 # ----------------------------------------------------------------------------- pretraining
 
 
-def test_pretraining_killed_after_its_first_checkpoint_resumes_to_the_same_weights(tmp_path, synthetic_dir, pretrain_reference):
+def test_pretraining_killed_after_its_first_checkpoint_resumes_to_the_same_weights(
+    tmp_path, synthetic_dir, pretrain_reference
+):
     workflow = pretrain_workflow(tmp_path, synthetic_dir)
     assert kill_when_a_checkpoint_appears(workflow) == -signal.SIGKILL
     epochs = complete_epochs(workflow.ckpt_dir)
@@ -115,7 +131,9 @@ def test_pretraining_killed_after_its_first_checkpoint_resumes_to_the_same_weigh
     assert_resumed_like_reference(workflow, pretrain_reference, resumed_from=epochs[-1])
 
 
-def test_pretraining_killed_mid_checkpoint_write_resumes_from_the_previous_one(tmp_path, synthetic_dir, pretrain_reference):
+def test_pretraining_killed_mid_checkpoint_write_resumes_from_the_previous_one(
+    tmp_path, synthetic_dir, pretrain_reference
+):
     workflow = pretrain_workflow(tmp_path, synthetic_dir)
     status, log = workflow.run((hook_config(tmp_path, "kill_mid_save(epoch=3)"),))
     assert status == -signal.SIGKILL, log[-3000:]
@@ -138,20 +156,26 @@ def test_corrupt_newest_checkpoint_is_skipped_with_a_warning(tmp_path, synthetic
     workflow = pretrain_workflow(tmp_path, synthetic_dir)
     workflow.overrides["max_epochs"] = 1
     assert workflow.run()[0] == 0
-    (workflow.ckpt_dir / "checkpoint_epoch=9.pt").write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
+    (workflow.ckpt_dir / "checkpoint_epoch=9.pt").write_bytes(
+        torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes()
+    )
     workflow.overrides["max_epochs"] = 2
     status, log = workflow.run()
     assert status == 0, log[-3000:]
     assert f"{workflow.ckpt_dir / 'checkpoint_epoch=9.pt'}: not a complete checkpoint" in log
     assert f"Restored all variables from {workflow.ckpt_dir / 'checkpoint_epoch=1.pt'}" in log
     assert "Epoch[2] Complete" in log and complete_epochs(workflow.ckpt_dir) == [2]  # n_saved 1, across the restart
-    assert (workflow.ckpt_dir / "checkpoint_epoch=9.pt").is_file()  # not this run's: left for the user, skipped on resume
+    assert (
+        workflow.ckpt_dir / "checkpoint_epoch=9.pt"
+    ).is_file()  # not this run's: left for the user, skipped on resume
 
 
 # ----------------------------------------------------------------------------- fine-tuning
 
 
-def test_finetuning_killed_after_its_first_checkpoint_resumes_to_the_same_weights(tmp_path, prepared, finetune_reference):
+def test_finetuning_killed_after_its_first_checkpoint_resumes_to_the_same_weights(
+    tmp_path, prepared, finetune_reference
+):
     workflow = finetune_workflow(tmp_path, prepared)
     assert kill_when_a_checkpoint_appears(workflow) == -signal.SIGKILL
     epochs = complete_epochs(workflow.ckpt_dir)
@@ -177,7 +201,7 @@ def test_finetuning_resume_keeps_the_best_model_of_the_earlier_run(tmp_path, pre
     assert workflow.run()[0] == 0
     checkpoint_path = workflow.ckpt_dir / "checkpoint_epoch=2.pt"
     checkpoint = torch.load(checkpoint_path, weights_only=True)
-    (score, name), = checkpoint["best_model"]["_saved"]  # ignite's (priority, name) of the epoch-2 validation
+    ((score, name),) = checkpoint["best_model"]["_saved"]  # ignite's (priority, name) of the epoch-2 validation
     assert 0.0 <= score <= 1.0
     checkpoint["best_model"]["_saved"] = [(2.0, name)]  # a score no validation can beat (AJI <= 1)
     torch.save(checkpoint, checkpoint_path)

@@ -40,8 +40,14 @@ def test_the_draw_follows_torch_global_seed():
     assert list(sampler) != first  # the next iteration draws anew
 
 
-@pytest.mark.parametrize("kwargs", [{"n_items": 0, "batch_size": 2, "batches": 1}, {"n_items": 3, "batch_size": 0, "batches": 1},
-                                    {"n_items": 3, "batch_size": 2, "batches": 0}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"n_items": 0, "batch_size": 2, "batches": 1},
+        {"n_items": 3, "batch_size": 0, "batches": 1},
+        {"n_items": 3, "batch_size": 2, "batches": 0},
+    ],
+)
 def test_bad_sizes_are_refused(kwargs):
     with pytest.raises(ValueError, match=">= 1"):
         DistinctTileSampler(**kwargs)

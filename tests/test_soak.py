@@ -16,7 +16,9 @@ def test_soak_reports_rss_and_throughput_per_block(capsys):
     assert "soak: 6 tiles of 64x64 px" in out and "resnet10 (random weights)" in out
     rows = re.findall(r"^\s+(\d+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)$", out, re.MULTILINE)
     assert [int(row[0]) for row in rows] == [2, 4, 6] and all(float(row[1]) > 0 for row in rows)
-    assert re.search(r"RSS growth from tile 2 to tile 6: [+-]\d+\.\d% \(.* MiB; RSS from (psutil|/proc/self/status VmRSS)\)", out)
+    assert re.search(
+        r"RSS growth from tile 2 to tile 6: [+-]\d+\.\d% \(.* MiB; RSS from (psutil|/proc/self/status VmRSS)\)", out
+    )
     assert "least-squares trend" in out
 
 

@@ -19,8 +19,10 @@ def test_a_datalist_without_the_sections_asked_for_lists_the_ones_it_has(tmp_pat
     path.write_text(json.dumps({"training": [{"image": "a.tif"}] * 3, "validation": [{"image": "b.tif"}], "test": []}))
     with pytest.raises(FileNotFoundError) as error:
         image_items(tmp_path, ["test"])
-    assert str(error.value) == (f"{path}: no images in section(s) test; it has training (3), validation (1) "
-                                "(choose with --sections, e.g. --sections \"['validation']\")")
+    assert str(error.value) == (
+        f"{path}: no images in section(s) test; it has training (3), validation (1) "
+        "(choose with --sections, e.g. --sections \"['validation']\")"
+    )
 
 
 @pytest.mark.parametrize("content", [b"\x89PNG\r\n\x1a\n\xff\xfe binary", b"[1, 2]", b"{not json"])

@@ -54,7 +54,9 @@ def test_small_image_error_names_the_file():
 
 
 def test_dict_version_outputs_three_keys_and_drops_source():
-    out = TripletCropd(keys="image", crop_size=128, max_shift=40, negative_sizes=POOL).set_random_state(1)({"image": _image()})
+    out = TripletCropd(keys="image", crop_size=128, max_shift=40, negative_sizes=POOL).set_random_state(1)(
+        {"image": _image()}
+    )
     assert set(out) == {"anchor", "positive", "negative"}
 
 
@@ -72,7 +74,9 @@ def test_hed_jitter_identity_when_not_perturbed():
 
 def test_hed_jitter_changes_colour_and_is_shared_across_keys():
     image = torch.rand(3, 16, 16) * 0.9 + 0.05
-    out = RandHEDJitterd(keys=["a", "b"], prob=1.0, sigma_scale=0.2, sigma_shift=0.2).set_random_state(0)({"a": image, "b": image.clone()})
+    out = RandHEDJitterd(keys=["a", "b"], prob=1.0, sigma_scale=0.2, sigma_shift=0.2).set_random_state(0)(
+        {"a": image, "b": image.clone()}
+    )
     assert not torch.allclose(out["a"], image, atol=1e-3)
     torch.testing.assert_close(out["a"], out["b"])
     assert out["a"].min() >= 0 and out["a"].max() <= 1

@@ -56,21 +56,28 @@ def test_the_tuner_collects_an_evaluation_and_writes_settings_that_stored_settin
     engine.run(batches)
     written = json.loads(path.read_text())
     assert written["chosen_by"]["tiles"] == 3
-    assert stored_settings(path) == {**BASE, "body_threshold": 0.3, "foreground_threshold": written["foreground_threshold"]}
+    assert stored_settings(path) == {
+        **BASE,
+        "body_threshold": 0.3,
+        "foreground_threshold": written["foreground_threshold"],
+    }
 
 
 def test_stored_settings_are_empty_without_a_file(tmp_path):
     assert stored_settings(tmp_path / "absent.json") == {}
 
 
-@pytest.mark.parametrize("content, message", [
-    ("{not json", "not a readable JSON file"),
-    ("[0.5]", "expected a JSON object"),
-    ('{"body_threshold": 1.5}', "body_threshold must be a number in \\[0, 1\\)"),
-    ('{"foreground_threshold": "high"}', "foreground_threshold must be a number"),
-    ('{"min_nucleus_area": -3}', "min_nucleus_area must be a number of pixels >= 0"),
-    ('{"min_marker_area": true}', "min_marker_area must be"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "not a readable JSON file"),
+        ("[0.5]", "expected a JSON object"),
+        ('{"body_threshold": 1.5}', "body_threshold must be a number in \\[0, 1\\)"),
+        ('{"foreground_threshold": "high"}', "foreground_threshold must be a number"),
+        ('{"min_nucleus_area": -3}', "min_nucleus_area must be a number of pixels >= 0"),
+        ('{"min_marker_area": true}', "min_marker_area must be"),
+    ],
+)
 def test_a_bad_settings_file_is_refused_naming_the_file(tmp_path, content, message):
     path = tmp_path / "model.postprocess.json"
     path.write_text(content)

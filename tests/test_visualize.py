@@ -68,7 +68,9 @@ def test_density_maps_match_the_count_of_forward(net):
     assert f_pos == pytest.approx(float(count[0]), abs=1e-5)
     assert f_neg == pytest.approx(float(count[1]), abs=1e-5)
     assert abs(f_pos - f_neg) > 1e-4, "different crops should give different counts"
-    expected = torch.nn.functional.interpolate(raw[:, None], size=(MAP_CROP, MAP_CROP), mode="bilinear", align_corners=False)[:, 0]
+    expected = torch.nn.functional.interpolate(
+        raw[:, None], size=(MAP_CROP, MAP_CROP), mode="bilinear", align_corners=False
+    )[:, 0]
     assert np.allclose(map_pos, expected[0].numpy(), atol=1e-5) and np.allclose(map_neg, expected[1].numpy(), atol=1e-5)
 
 
@@ -80,7 +82,17 @@ def test_density_maps_refuse_crops_of_different_sizes(net):
 
 def test_cli_writes_a_png_with_a_row_pair_per_image(checkpoint, tiles, tmp_path):
     out = tmp_path / "figures" / "density.png"
-    command = [sys.executable, str(SCRIPT), "density", "--checkpoint", str(checkpoint), "--image", str(tiles[0]), "--image", str(tiles[1])]
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "density",
+        "--checkpoint",
+        str(checkpoint),
+        "--image",
+        str(tiles[0]),
+        "--image",
+        str(tiles[1]),
+    ]
     command += ["--crop_size", str(CROP), "--negative_size", str(NEGATIVE), "--out", str(out)]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
@@ -97,15 +109,30 @@ def test_cli_writes_a_png_with_a_row_pair_per_image(checkpoint, tiles, tmp_path)
 
 def test_image_list_string_is_split():
     assert visualize.image_paths("[a.tif, b.tif]") == [Path("a.tif"), Path("b.tif")]
-    assert visualize.merge_repeated_flag(["density", "--image", "a b.tif", "--image=c.tif"], "image") == ["density", '--image=["a b.tif", "c.tif"]']
+    assert visualize.merge_repeated_flag(["density", "--image", "a b.tif", "--image=c.tif"], "image") == [
+        "density",
+        '--image=["a b.tif", "c.tif"]',
+    ]
 
 
 def test_missing_checkpoint_names_the_path(tiles, tmp_path):
     missing = tmp_path / "nowhere" / "checkpoint_epoch=1.pt"
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        visualize.density(checkpoint=str(missing), image=str(tiles[0]), crop_size=CROP, negative_size=NEGATIVE, out=str(tmp_path / "d.png"))
+        visualize.density(
+            checkpoint=str(missing),
+            image=str(tiles[0]),
+            crop_size=CROP,
+            negative_size=NEGATIVE,
+            out=str(tmp_path / "d.png"),
+        )
     with pytest.raises(FileNotFoundError, match="no checkpoint_epoch"):
-        visualize.density(checkpoint=str(tmp_path), image=str(tiles[0]), crop_size=CROP, negative_size=NEGATIVE, out=str(tmp_path / "d.png"))
+        visualize.density(
+            checkpoint=str(tmp_path),
+            image=str(tiles[0]),
+            crop_size=CROP,
+            negative_size=NEGATIVE,
+            out=str(tmp_path / "d.png"),
+        )
     assert not (tmp_path / "d.png").exists()
 
 
@@ -124,5 +151,11 @@ def test_wrong_backbone_is_refused_and_the_right_one_inferred(checkpoint):
 
 def test_image_smaller_than_the_crop_names_the_file(checkpoint, tiles, tmp_path):
     with pytest.raises(ValueError, match=r"tile_0\.tif: image of 96x96 px is smaller than crop_size=128"):
-        visualize.density(checkpoint=str(checkpoint), image=str(tiles[0]), crop_size=128, negative_size=NEGATIVE, out=str(tmp_path / "d.png"))
+        visualize.density(
+            checkpoint=str(checkpoint),
+            image=str(tiles[0]),
+            crop_size=128,
+            negative_size=NEGATIVE,
+            out=str(tmp_path / "d.png"),
+        )
     assert not (tmp_path / "d.png").exists()

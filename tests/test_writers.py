@@ -151,7 +151,9 @@ def test_simplified_outlines_stay_within_tolerance_of_the_pixel_edges(tolerance)
     assert sum(len(ring) for _, ring in simplified) < sum(len(ring) for _, ring in exact)
     for (_, trace), (_, ring) in zip(exact, simplified):
         np.testing.assert_array_equal(ring[0], ring[-1])
-        assert {tuple(vertex) for vertex in ring} <= {tuple(vertex) for vertex in trace}  # a subset of the trace's vertices
+        assert {tuple(vertex) for vertex in ring} <= {
+            tuple(vertex) for vertex in trace
+        }  # a subset of the trace's vertices
         assert shapely.distance(shapely.points(trace), shapely.linestrings(ring)).max() <= tolerance + 1e-9
 
 
@@ -286,10 +288,19 @@ def test_geojson_carries_measurements_with_units(mpp, area_name, area):
     (feature,) = nuclei_geojson(label, rows=rows, mpp=mpp)["features"]
     measurements = feature["properties"]["measurements"]
     perimeter_name = "Perimeter px" if mpp is None else "Perimeter µm"
-    assert set(measurements) == {"id", area_name, perimeter_name, "Eccentricity", "Hematoxylin OD mean", "Touches tile edge"}
+    assert set(measurements) == {
+        "id",
+        area_name,
+        perimeter_name,
+        "Eccentricity",
+        "Hematoxylin OD mean",
+        "Touches tile edge",
+    }
     assert measurements["id"] == 7 and measurements[area_name] == pytest.approx(area)
     assert measurements[perimeter_name] == pytest.approx(rows[0]["perimeter"] * (mpp or 1))
-    assert measurements["Touches tile edge"] == 0 and measurements["Hematoxylin OD mean"] == pytest.approx(rows[0]["mean_hematoxylin"])
+    assert measurements["Touches tile edge"] == 0 and measurements["Hematoxylin OD mean"] == pytest.approx(
+        rows[0]["mean_hematoxylin"]
+    )
 
 
 def test_instance_tiff_records_the_pixel_size(tmp_path):

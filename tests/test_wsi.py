@@ -54,7 +54,6 @@ LEVEL0_MPP = 0.25
 TILE, OVERLAP = 256, 64
 
 
-
 # ----------------------------------------------------------------------------- slides
 
 
@@ -184,7 +183,9 @@ def test_tiff_region_reader_decodes_only_what_it_needs_correctly(tmp_path, layou
         full = full.transpose(1, 2, 0) if layout == "planar_tiles" else full
         for origin, size in [((0, 0), (300, 410)), ((37, 63), (1, 1)), ((250, 5), (50, 400)), ((64, 128), (64, 64))]:
             region = read_tiff_region(page, origin, size)
-            np.testing.assert_array_equal(region, full[origin[0] : origin[0] + size[0], origin[1] : origin[1] + size[1]])
+            np.testing.assert_array_equal(
+                region, full[origin[0] : origin[0] + size[0], origin[1] : origin[1] + size[1]]
+            )
 
 
 def test_open_slide_errors_name_the_file(tmp_path):
@@ -202,7 +203,9 @@ def test_open_slide_errors_name_the_file(tmp_path):
 
 def test_auto_backend_prefers_cucim_then_openslide_then_tifffile(monkeypatch):
     installed = set()
-    monkeypatch.setattr("bundle.wsi.slide.importlib.util.find_spec", lambda name: object() if name in installed else None)
+    monkeypatch.setattr(
+        "bundle.wsi.slide.importlib.util.find_spec", lambda name: object() if name in installed else None
+    )
     assert resolve_backend("auto") == "tifffile"
     installed.add("openslide")
     assert resolve_backend("auto") == "openslide"
@@ -230,10 +233,14 @@ def test_tissue_mask_separates_tissue_from_the_blank_margin(slide):
     assert not mask[:, TISSUE // 4 + 1 :].any()
 
 
-@pytest.mark.parametrize("shape, tile, overlap", [((1024, 1536), 256, 64), ((700, 333), 128, 37), ((50, 90), 256, 64), ((513, 512), 256, 0)])
+@pytest.mark.parametrize(
+    "shape, tile, overlap", [((1024, 1536), 256, 64), ((700, 333), 128, 37), ((50, 90), 256, 64), ((513, 512), 256, 0)]
+)
 def test_tile_cores_partition_the_slide_and_keep_half_the_overlap_from_interior_edges(shape, tile, overlap):
     origins = tile_grid(shape, tile, overlap)
-    assert origins == [(r, c) for r in expected_origins(shape[0], tile, overlap) for c in expected_origins(shape[1], tile, overlap)]
+    assert origins == [
+        (r, c) for r in expected_origins(shape[0], tile, overlap) for c in expected_origins(shape[1], tile, overlap)
+    ]
     cover = np.zeros(shape, np.int32)
     for origin in origins:
         r0, c0, r1, c1 = tile_window(origin, shape, tile)
@@ -278,7 +285,9 @@ def test_every_nucleus_comes_out_once_and_whole(slide, tmp_path, level):
     step = 2**level
     rgb, label = slide["rgb"][::step, ::step], slide["label"][::step, ::step]
     fake = GroundTruthTiles(rgb, label, TILE, OVERLAP)
-    summary = segment_slide(slide["path"], fake, tmp_path, tile_size=TILE, overlap=OVERLAP, level=level, overview_max_side=512)
+    summary = segment_slide(
+        slide["path"], fake, tmp_path, tile_size=TILE, overlap=OVERLAP, level=level, overview_max_side=512
+    )
 
     # each window runs at most once, and those over the glass margin only do not run
     touching = {w for w in fake.windows.values() if w[1] < TISSUE // step}
@@ -324,8 +333,12 @@ def test_every_nucleus_comes_out_once_and_whole(slide, tmp_path, level):
 
 
 def test_tile_predictor_output_is_checked(slide, tmp_path):
-    with pytest.raises(ValueError, match=r"case_01.tif: tile at \(row 0, col 0\) is \(256, 256\) but predict_tile returned \(10, 10\)"):
-        segment_slide(slide["path"], lambda rgb: np.zeros((10, 10), np.int32), tmp_path, tile_size=TILE, overlap=OVERLAP)
+    with pytest.raises(
+        ValueError, match=r"case_01.tif: tile at \(row 0, col 0\) is \(256, 256\) but predict_tile returned \(10, 10\)"
+    ):
+        segment_slide(
+            slide["path"], lambda rgb: np.zeros((10, 10), np.int32), tmp_path, tile_size=TILE, overlap=OVERLAP
+        )
     assert not list(tmp_path.iterdir())  # no partial outputs
 
 
@@ -346,7 +359,9 @@ def test_memory_stays_bounded_by_the_tile_on_a_large_slide(tmp_path):
 
     tracemalloc.start()
     try:
-        summary = segment_slide(tmp_path / "large.tif", dark_blobs, tmp_path / "out", tile_size=128, overlap=32, overview_max_side=256)
+        summary = segment_slide(
+            tmp_path / "large.tif", dark_blobs, tmp_path / "out", tile_size=128, overlap=32, overview_max_side=256
+        )
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
@@ -359,10 +374,17 @@ def test_segment_slides_skips_a_slide_whose_stem_repeats_another_ignoring_case(t
     write_pyramid(tmp_path / "Z.tif", rgb, levels=1)
     write_pyramid(tmp_path / "z.TIF", rgb, levels=1)
     with pytest.raises(SystemExit) as exit_info:
-        segment_slides([tmp_path / "Z.tif", tmp_path / "z.TIF"], lambda tile: np.zeros(tile.shape[1:], np.int32), tmp_path / "out",
-                       tile_size=128, overlap=32, overview_max_side=128)
+        segment_slides(
+            [tmp_path / "Z.tif", tmp_path / "z.TIF"],
+            lambda tile: np.zeros(tile.shape[1:], np.int32),
+            tmp_path / "out",
+            tile_size=128,
+            overlap=32,
+            overview_max_side=128,
+        )
     assert str(exit_info.value).splitlines()[1:] == [
-        f"  {tmp_path / 'z.TIF'}: same file stem as {tmp_path / 'Z.tif'}: their outputs would overwrite each other"]
+        f"  {tmp_path / 'z.TIF'}: same file stem as {tmp_path / 'Z.tif'}: their outputs would overwrite each other"
+    ]
     written = [p.name for p in (tmp_path / "out").iterdir()]
     assert written and all(name.startswith("Z") for name in written)
 
@@ -372,7 +394,9 @@ def test_segment_slides_skips_a_slide_whose_stem_repeats_another_ignoring_case(t
 
 def test_sample_slide_tiles_draws_tissue_tiles_once_and_reuses_them(slide, tmp_path, monkeypatch):
     items = sample_slide_tiles(slide["dir"], tmp_path / "cache", tile_size=128, tiles_per_slide=5, seed=7)
-    assert len(items) == 5 and items == sample_slide_tiles(slide["path"], tmp_path / "cache", tile_size=128, tiles_per_slide=5, seed=7)
+    assert len(items) == 5 and items == sample_slide_tiles(
+        slide["path"], tmp_path / "cache", tile_size=128, tiles_per_slide=5, seed=7
+    )
     for item in items:
         path = item["image"]
         assert path.startswith(str(tmp_path / "cache" / "level0_128px" / "case_01_"))
@@ -393,7 +417,9 @@ def test_sample_slide_tiles_picks_the_level_for_a_target_resolution(slide, tmp_p
     items = sample_slide_tiles(slide["path"], tmp_path, tile_size=128, tiles_per_slide=2, target_mpp=0.5)
     row, col = map(int, items[0]["image"][: -len(".tif")].split("_")[-2:])  # level-0 pixels
     assert "level1_128px" in items[0]["image"]
-    np.testing.assert_array_equal(read_image(items[0]["image"]), slide["rgb"][::2, ::2][row // 2 : row // 2 + 128, col // 2 : col // 2 + 128])
+    np.testing.assert_array_equal(
+        read_image(items[0]["image"]), slide["rgb"][::2, ::2][row // 2 : row // 2 + 128, col // 2 : col // 2 + 128]
+    )
     with pytest.raises(FileNotFoundError, match="no tile of 2048 px"):
         sample_slide_tiles(slide["path"], tmp_path, tile_size=2048)
 

@@ -57,7 +57,9 @@ class Workflow:
         self.runs += 1
         log_path = self.root / f"run{self.runs}.log"
         with open(log_path, "w") as log:
-            process = subprocess.Popen(self.command(extra_configs), cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=self.env())
+            process = subprocess.Popen(
+                self.command(extra_configs), cwd=self.root, stdout=log, stderr=subprocess.STDOUT, env=self.env()
+            )
         return process, log_path
 
     @staticmethod

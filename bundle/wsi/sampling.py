@@ -31,14 +31,20 @@ logger = logging.getLogger(__name__)
 
 
 def tissue_tile_origins(
-    mask: np.ndarray, mask_downsample: float, slide_shape: tuple[int, int], tile_size: int, min_tissue_fraction: float = 0.5
+    mask: np.ndarray,
+    mask_downsample: float,
+    slide_shape: tuple[int, int],
+    tile_size: int,
+    min_tissue_fraction: float = 0.5,
 ) -> list[tuple[int, int]]:
     """(row, col) origins of the non-overlapping ``tile_size`` tiles inside ``slide_shape`` (h, w)
     whose mask footprint is at least ``min_tissue_fraction`` tissue (0..1).
 
     Pixels of the tiles' level throughout; ``mask_downsample``: level pixels per mask pixel.
     """
-    rows, cols = range(0, slide_shape[0] - tile_size + 1, tile_size), range(0, slide_shape[1] - tile_size + 1, tile_size)
+    rows, cols = range(0, slide_shape[0] - tile_size + 1, tile_size), range(
+        0, slide_shape[1] - tile_size + 1, tile_size
+    )
     windows = [(row, col, row + tile_size, col + tile_size) for row in rows for col in cols]
     return [w[:2] for w in windows if mask_footprint(mask, w, mask_downsample).mean() >= min_tissue_fraction]
 
@@ -118,13 +124,25 @@ def sample_slide_tiles(
                 level = level_for_mpp(reader, wsi, target_mpp, mpp_rtol)
             rng = np.random.default_rng((seed, index))
             origins = choose_tissue_tiles(
-                reader, wsi, tile_size, tiles_per_slide, level, rng, tissue_threshold, min_tissue_fraction, min_tissue_area
+                reader,
+                wsi,
+                tile_size,
+                tiles_per_slide,
+                level,
+                rng,
+                tissue_threshold,
+                min_tissue_fraction,
+                min_tissue_area,
             )
             paths = cache_tiles(reader, wsi, origins, tile_size, level, Path(cache_dir) / f"level{level}_{tile_size}px")
         if not paths:
             fraction = f"{min_tissue_fraction:.0%}"
-            logger.warning("%s: no %d px tile at level %d is %s tissue; slide skipped", slide, tile_size, level, fraction)
+            logger.warning(
+                "%s: no %d px tile at level %d is %s tissue; slide skipped", slide, tile_size, level, fraction
+            )
         items += [{"image": str(p)} for p in paths]
     if not items:
-        raise FileNotFoundError(f"{slides}: no tile of {tile_size} px with {min_tissue_fraction:.0%} tissue in any slide")
+        raise FileNotFoundError(
+            f"{slides}: no tile of {tile_size} px with {min_tissue_fraction:.0%} tissue in any slide"
+        )
     return items

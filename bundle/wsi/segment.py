@@ -26,10 +26,10 @@ from bundle.atomic import atomic_path
 from bundle.checkpoints import CheckpointError, load_checkpoint
 from bundle.data import DataFileError, stem_of, write_image
 from bundle.targets import as_label_map
+from bundle.writers import NUCLEUS_COLUMNS, NUCLEUS_RGB, nuclei_geojson, nucleus_table
 from bundle.wsi.slide import level_downsample, level_shape, opened_slide, read_region
 from bundle.wsi.tiling import check_tiling, owned_nuclei, tile_core, tile_grid, tile_window
 from bundle.wsi.tissue import slide_thumbnail, tissue_mask_from_rgb
-from bundle.writers import NUCLEUS_COLUMNS, NUCLEUS_RGB, nuclei_geojson, nucleus_table
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,9 @@ class SlideOutputs:
         """Colour the overview pixel holding the nucleus centroid (level-0 pixel coordinates)."""
         y = round((row["centroid_y"] + HALF_PIXEL) / self.overview_downsample - HALF_PIXEL)
         x = round((row["centroid_x"] + HALF_PIXEL) / self.overview_downsample - HALF_PIXEL)
-        self.overview[min(max(y, 0), self.overview.shape[0] - 1), min(max(x, 0), self.overview.shape[1] - 1)] = self.color
+        self.overview[min(max(y, 0), self.overview.shape[0] - 1), min(max(x, 0), self.overview.shape[1] - 1)] = (
+            self.color
+        )
 
     def __exit__(self, kind, error, traceback) -> None:
         try:
@@ -129,7 +131,9 @@ def _scale_feature(feature: dict, downsample: float) -> None:
     """
     if downsample != 1.0:
         geometry = feature["geometry"]
-        geometry["coordinates"] = [[[x * downsample, y * downsample] for x, y in ring] for ring in geometry["coordinates"]]
+        geometry["coordinates"] = [
+            [[x * downsample, y * downsample] for x, y in ring] for ring in geometry["coordinates"]
+        ]
 
 
 def _row_in_slide_pixels(row: dict, origin: tuple[int, int], downsample: float) -> dict:
@@ -260,7 +264,9 @@ def load_network_weights(
     try:
         Checkpoint.load_objects(to_load={"network": network}, checkpoint=checkpoint, strict=True)
     except Exception as error:  # ignite and torch raise several types for mismatched weights
-        raise CheckpointError(path, f"cannot load into the network ({type(error).__name__}: {str(error).strip()[:300]})") from None
+        raise CheckpointError(
+            path, f"cannot load into the network ({type(error).__name__}: {str(error).strip()[:300]})"
+        ) from None
     return network
 
 

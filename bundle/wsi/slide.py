@@ -44,7 +44,9 @@ def resolve_backend(backend: str) -> str:
     if name not in BACKENDS:
         raise ValueError(f"unknown whole-slide backend {backend!r}; expected 'auto' or one of {BACKENDS}")
     if importlib.util.find_spec(name) is None:
-        raise ValueError(f"whole-slide backend {name!r} is not installed (pip install {name}); or use 'tifffile' or 'auto'")
+        raise ValueError(
+            f"whole-slide backend {name!r} is not installed (pip install {name}); or use 'tifffile' or 'auto'"
+        )
     return name
 
 
@@ -212,7 +214,9 @@ def read_region(reader: WSIReader, wsi, origin: tuple[int, int], size: tuple[int
     height, width = level_shape(reader, wsi, level)
     (row, col), (h, w) = origin, size
     if h <= 0 or w <= 0 or row < 0 or col < 0 or row + h > height or col + w > width:
-        raise DataFileError(path, f"region {h}x{w} at (row {row}, col {col}) lies outside level {level} ({height}x{width})")
+        raise DataFileError(
+            path, f"region {h}x{w} at (row {row}, col {col}) lies outside level {level} ({height}x{width})"
+        )
     try:
         if _is_tifffile(reader):
             rgb = read_tiff_region(_tiff_levels(wsi)[level], origin, size)[..., :3].transpose(2, 0, 1)
@@ -221,7 +225,9 @@ def read_region(reader: WSIReader, wsi, origin: tuple[int, int], size: tuple[int
             location = (round(row * scale), round(col * scale))
             rgb, _ = reader.get_data(wsi, location=location, size=size, level=level)
     except Exception as error:  # codec and backend errors of many types
-        problem = f"cannot read region {h}x{w} at (row {row}, col {col}) of level {level} ({type(error).__name__}: {error})"
+        problem = (
+            f"cannot read region {h}x{w} at (row {row}, col {col}) of level {level} ({type(error).__name__}: {error})"
+        )
         raise DataFileError(path, problem) from None
     return np.ascontiguousarray(convert_to_numpy(rgb), dtype=np.uint8)
 

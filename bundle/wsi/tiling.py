@@ -27,7 +27,6 @@ import numpy as np
 
 from bundle.targets import as_label_map
 
-
 # ----------------------------------------------------------------------------- tiling
 
 
@@ -89,7 +88,9 @@ def tile_grid(
     origins = [(r, c) for r in rows for c in cols]
     if tissue_mask is None:
         return origins
-    return [o for o in origins if mask_footprint(tissue_mask, tile_window(o, slide_shape, tile_size), mask_downsample).any()]
+    return [
+        o for o in origins if mask_footprint(tissue_mask, tile_window(o, slide_shape, tile_size), mask_downsample).any()
+    ]
 
 
 def mask_footprint(mask: np.ndarray, window: tuple[int, int, int, int], downsample: float) -> np.ndarray:
@@ -104,7 +105,10 @@ def mask_footprint(mask: np.ndarray, window: tuple[int, int, int, int], downsamp
 
 
 def owned_nuclei(
-    instances: np.ndarray, window: tuple[int, int, int, int], core: tuple[int, int, int, int], slide_shape: tuple[int, int]
+    instances: np.ndarray,
+    window: tuple[int, int, int, int],
+    core: tuple[int, int, int, int],
+    slide_shape: tuple[int, int],
 ) -> np.ndarray:
     """(h, w) instance map of one window keeping only the nuclei the window owns (ids unchanged, others 0).
 
@@ -124,7 +128,9 @@ def owned_nuclei(
     owned[_ids_on_interior_edges(labels, window, slide_shape)] = False
     for axis, (start, first, last) in enumerate(((window[0], core[0], core[2]), (window[1], core[1], core[3]))):
         coordinate = np.indices(labels.shape, sparse=True)[axis]
-        total = np.bincount(labels.ravel(), weights=np.broadcast_to(coordinate, labels.shape).ravel(), minlength=area.size)
+        total = np.bincount(
+            labels.ravel(), weights=np.broadcast_to(coordinate, labels.shape).ravel(), minlength=area.size
+        )
         total += start * area
         owned &= (first * area <= total) & (total < last * area)
     owned[0] = False

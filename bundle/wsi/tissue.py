@@ -41,7 +41,9 @@ def slide_thumbnail(reader: WSIReader, wsi, level: int | None = None, max_side: 
             size = (min(step, height - row), min(step, width - col))
             block = read_region(reader, wsi, (row, col), size, level).transpose(1, 2, 0)
             small = np.rint(downscale_local_mean(block, (factor, factor, 1), cval=GLASS_VALUE)) if factor > 1 else block
-            thumbnail[row // factor : row // factor + small.shape[0], col // factor : col // factor + small.shape[1]] = small
+            thumbnail[
+                row // factor : row // factor + small.shape[0], col // factor : col // factor + small.shape[1]
+            ] = small
     return thumbnail, level_downsample(reader, wsi, level) * factor
 
 
@@ -86,7 +88,9 @@ def tissue_mask_from_rgb(
     """
     saturation = hsv_saturation(rgb)
     if threshold is None:
-        counts, edges = np.histogram(saturation, bins=SATURATION_BINS, range=(0.0, 1.0))  # blockwise: no image-sized copies
+        counts, edges = np.histogram(
+            saturation, bins=SATURATION_BINS, range=(0.0, 1.0)
+        )  # blockwise: no image-sized copies
         threshold = float(np.clip(threshold_otsu(hist=(counts, (edges[:-1] + edges[1:]) / 2)), *auto_range))
     return drop_small_pieces(saturation > threshold, min_area)
 
