@@ -70,7 +70,7 @@ PRESETS = {
     "cpu": {
         "about": "ResNet-18, batches of 8 crops of 256 px at 40x from 8 distinct tiles, bfloat16 on CPUs that have it, "
         "1600 steps with warm-up and cosine decay, whole-tile validation (1024 px window); "
-        "one fine-tuning cell takes about 17 minutes on 2 CPU cores",
+        "one fine-tuning cell takes 16-21 minutes on 2 CPU cores",
         "common": {"backbone": "resnet18", "num_workers": 0},
         "evaluation": {"val_roi_size": 1024, "sw_batch_size": 1},
         "pretrain": {
