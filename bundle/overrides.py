@@ -34,6 +34,35 @@ NON_NEGATIVE = {"num_workers", "weight_decay", "seed", "max_shift"}
 UNIT_INTERVAL = {"label_fraction"}  # (0, 1]
 
 
+# One line per parameter users set most, shown by ``--help``.
+PARAMETER_DOCS = {
+    "backbone": "encoder: resnet10, resnet18, resnet34, resnet50 or resnet101 (must match the checkpoint)",
+    "batch_size": "crops per optimiser step (fine-tuning: from that many distinct tiles; pretraining: triplets)",
+    "bundle_root": "folder of models/, runs/, eval/ and outputs/",
+    "class_weights": "cross-entropy weights of background, body, boundary",
+    "cpu_bf16": "bfloat16 autocast on the CPU: 'auto' (where native), True or False",
+    "crop_size": "training crop side in pixels (at 40x)",
+    "dataset_dir": "a prepared folder, a datalist JSON, a folder of tiles, or one tile",
+    "epoch_steps": "optimiser steps per epoch",
+    "init": "encoder initialisation: ssl, scratch or imagenet",
+    "init_weights": "encoder weights file for --init ssl or imagenet",
+    "label_fraction": "share of the labelled training tiles used, in (0, 1]",
+    "learning_rate": "peak learning rate",
+    "max_epochs": "training epochs",
+    "model_path": "the model file to write (training) or load (evaluation, inference)",
+    "mpp": "microns per pixel of the tiles: measurements in µm, resolution in the TIFF",
+    "num_workers": "data-loader worker processes",
+    "output_dir": "where outputs are written",
+    "overwrite": "replace another model's outputs in --output_dir",
+    "resume": "resume from the newest complete checkpoint (False: start over, older checkpoints set aside)",
+    "roi_size": "sliding-window side in pixels",
+    "sections": "datalist sections to run on, e.g. ['validation']",
+    "seed": "random seed",
+    "tta": "flip test-time augmentation (4 flips averaged)",
+    "val_interval": "epochs between validations",
+}
+
+
 def cli_overrides(argv: Sequence[str]) -> dict[str, Any]:
     """``--key value`` and ``--key=value`` pairs of ``argv``, values parsed as python-fire parses them."""
     overrides: dict[str, Any] = {}
@@ -132,7 +161,10 @@ def parameter_listing(config: ConfigParser, config_files: list[str]) -> str:
     def spelled(value: Any) -> str:  # as fire reads it back
         return repr(value) if value is None or isinstance(value, bool) else json.dumps(value)
 
-    lines += [f"  --{key:<{width}}  {spelled(value)}" for key, value in sorted(rows)]
+    lines += [
+        f"  --{key:<{width}}  {spelled(value)}" + (f"  # {PARAMETER_DOCS[key]}" if key in PARAMETER_DOCS else "")
+        for key, value in sorted(rows)
+    ]
     return "\n".join(lines)
 
 
