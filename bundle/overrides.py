@@ -50,7 +50,7 @@ PARAMETER_DOCS = {
     "learning_rate": "peak learning rate",
     "max_epochs": "training epochs",
     "model_path": "the model file to write (training) or load (evaluation, inference)",
-    "mpp": "microns per pixel of the tiles: measurements in µm, resolution in the TIFF",
+    "mpp": "microns per pixel (slides: read from the slide when not given): measurements in µm, TIFF resolution",
     "num_workers": "data-loader worker processes",
     "output_dir": "where outputs are written",
     "overwrite": "replace another model's outputs in --output_dir",

@@ -6,9 +6,10 @@ Instance maps are (H, W) or (1, H, W) non-negative integer ids (0 background), a
 writes through :func:`bundle.atomic.atomic_path` and raises
 :class:`bundle.data.DataFileError` naming the file when it cannot write it.
 
-Coordinates: :func:`instance_polygons` and :func:`nucleus_table` use the array convention of
-scikit-image (x = column, y = row, pixel centres at integers); :func:`nuclei_geojson` shifts
-them by ``pixel_centre`` (default 0.5) to QuPath's, where pixel (0, 0) spans [0, 1) x [0, 1).
+Coordinates: the files share QuPath's convention, where pixel (0, 0) spans [0, 1) x [0, 1)
+(x = column, y = row): :func:`nucleus_table` centroids and :func:`nuclei_geojson` vertices.
+:func:`instance_polygons` returns scikit-image's array convention (pixel centres at integers),
+which :func:`nuclei_geojson` shifts by ``pixel_centre`` (default 0.5).
 """
 
 import csv
@@ -93,6 +94,26 @@ def overlay_contours(image_rgb: np.ndarray, instances: np.ndarray, color: Sequen
     overlay = _checked_rgb(image_rgb, ids.shape).copy()
     overlay[find_boundaries(ids, connectivity=1, mode="inner", background=0)] = color
     return overlay
+
+
+def density_overlay(
+    image_rgb: np.ndarray, counts: np.ndarray, color: Sequence[int] = NUCLEUS_RGB, max_alpha: float = 0.7
+) -> np.ndarray:
+    """(h, w, 3) uint8 copy of ``image_rgb`` tinted towards ``color`` where nuclei are dense.
+
+    ``counts`` (h, w) holds the number of nuclei whose centroid falls in each pixel. The tint's
+    opacity grows linearly with the count up to ``max_alpha``, reached at the 99th percentile of
+    the non-zero counts (a few outliers do not wash out the rest); pixels without nuclei keep
+    their colour. Used for slide overviews, whose pixels hold tens to thousands of nuclei each.
+    """
+    counts = np.asarray(counts, dtype=np.float32)
+    image = _checked_rgb(image_rgb, counts.shape)
+    if not counts.any():
+        return image.copy()
+    reference = max(float(np.percentile(counts[counts > 0], 99)), 1.0)
+    alpha = (max_alpha * np.clip(counts / reference, 0.0, 1.0))[..., None]
+    tinted = image * (1.0 - alpha) + np.asarray(color, dtype=np.float32) * alpha
+    return np.rint(tinted).astype(np.uint8)
 
 
 def instance_polygons(instances: np.ndarray, tolerance: float = 0.5) -> list[tuple[int, np.ndarray]]:
@@ -198,7 +219,8 @@ def qupath_measurements(row: dict, mpp: float | None = None) -> dict:
 def nucleus_table(image_rgb: np.ndarray, instances: np.ndarray) -> list[dict]:
     """One row per nucleus, by increasing id, with the columns of :data:`NUCLEUS_COLUMNS`.
 
-    ``id``; ``centroid_x``, ``centroid_y`` (pixels, x = column, y = row); ``area`` (pixels);
+    ``id``; ``centroid_x``, ``centroid_y`` (pixels, x = column, y = row, in QuPath's convention as
+    the GeoJSON: pixel (0, 0) spans [0, 1) x [0, 1), so its centre is 0.5); ``area`` (pixels);
     ``perimeter`` (pixels, scikit-image's 4-connected estimate); ``eccentricity`` (0 circle,
     towards 1 elongated); ``mean_hematoxylin``: mean hematoxylin optical density within the
     nucleus (``rgb2hed`` channel 0); ``touches_edge``: 1 when the nucleus reaches the image's
@@ -207,6 +229,8 @@ def nucleus_table(image_rgb: np.ndarray, instances: np.ndarray) -> list[dict]:
     ids = as_label_map(instances)
     hematoxylin = rgb2hed(_checked_rgb(image_rgb, ids.shape))[..., 0]
     table = regionprops_table(ids, intensity_image=hematoxylin, properties=_REGIONPROPS)
+    for centroid in ("centroid-0", "centroid-1"):
+        table[centroid] = table[centroid] + QUPATH_PIXEL_CENTRE
     columns = {
         name: table[_REGIONPROPS_COLUMNS[name]].astype(np.int64 if name in _INTEGER_COLUMNS else float).tolist()
         for name in NUCLEUS_COLUMNS

@@ -1,5 +1,6 @@
 """The bundle metadata against the MONAI schema (offline), and the networks against the metadata."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -51,3 +52,10 @@ def test_networks_match_the_declared_inputs_and_outputs(tmp_path, configs):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "data shape of network is verified with no error" in result.stdout + result.stderr
+
+
+def test_every_declared_tensor_states_its_value_range():
+    metadata = json.loads((REPO_ROOT / "configs" / "metadata.json").read_text())
+    formats = metadata["network_data_format"]
+    tensors = {**formats["inputs"], **formats["outputs"]}
+    assert tensors and all(len(tensor["value_range"]) == 2 for tensor in tensors.values()), tensors

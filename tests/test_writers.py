@@ -15,6 +15,7 @@ from bundle.data import DataFileError
 from bundle.synthetic import synthesize_tile
 from bundle.writers import (
     NUCLEUS_COLUMNS,
+    density_overlay,
     instance_polygons,
     nuclei_geojson,
     nucleus_table,
@@ -202,8 +203,8 @@ def test_table_matches_bincount_areas_and_measurements():
     areas = np.bincount(label.ravel())
     assert [row["id"] for row in rows] == [4, 10, 11, 25]
     assert [row["area"] for row in rows] == [int(areas[row["id"]]) for row in rows]
-    square = next(row for row in rows if row["id"] == 10)  # rows 26-39, columns 6-17
-    assert (square["centroid_x"], square["centroid_y"]) == pytest.approx((11.5, 32.5))
+    square = next(row for row in rows if row["id"] == 10)  # rows 26-39, columns 6-17: [6, 18) x [26, 40) in QuPath's
+    assert (square["centroid_x"], square["centroid_y"]) == pytest.approx((12.0, 33.0))
     assert square["mean_hematoxylin"] == pytest.approx(rgb2hed(image)[..., 0][label == 10].mean())
     assert all(0 <= row["eccentricity"] < 1 and row["perimeter"] > 0 for row in rows)
 
@@ -269,6 +270,28 @@ def test_geojson_refuses_nan_and_keeps_no_file(tmp_path):
     with pytest.raises(DataFileError, match="bad.geojson"):
         write_geojson(tmp_path / "bad.geojson", {"type": "FeatureCollection", "value": float("nan")})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_csv_and_geojson_share_one_coordinate_convention():
+    label = np.zeros((30, 40), np.int32)
+    label[5:12, 20:31] = 1  # a rectangle: its outline's centroid is exactly its pixels' centroid
+    (row,) = nucleus_table(grey_image(label.shape), label)
+    (feature,) = nuclei_geojson(label, tolerance=0)["features"]
+    centre = shapely.Polygon(feature["geometry"]["coordinates"][0]).centroid
+    assert (row["centroid_x"], row["centroid_y"]) == pytest.approx((centre.x, centre.y)) == (25.5, 8.5)
+
+
+def test_density_overlay_tints_where_nuclei_are_and_keeps_the_rest():
+    image = np.full((4, 5, 3), 200, np.uint8)
+    counts = np.zeros((4, 5), np.int64)
+    counts[1, 1], counts[2, 3] = 1, 100
+    tinted = density_overlay(image, counts, color=(0, 255, 0), max_alpha=0.5)
+    assert (tinted[counts == 0] == 200).all()
+    assert tuple(tinted[2, 3]) == (100, 228, 100)  # the densest pixel: half way to the colour
+    assert 0 < 200 - int(tinted[1, 1, 0]) < 100  # a lone nucleus: a lighter tint
+    assert (density_overlay(image, np.zeros((4, 5)), color=(0, 255, 0)) == image).all()
+    with pytest.raises(ValueError, match="instance map is 3x5"):
+        density_overlay(image, np.zeros((3, 5)))
 
 
 def test_edge_flag_marks_nuclei_that_reach_the_border():

@@ -15,6 +15,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+import shapely
 import tifffile
 import torch
 from bundle_runner import TINY_PRETRAIN, run_bundle
@@ -297,9 +298,9 @@ def test_every_nucleus_comes_out_once_and_whole(slide, tmp_path, level):
     # the test exercises nuclei cut by tile borders
     assert len(nuclei_cut_by_windows(label, touching)) > 20
 
-    # CSV: one row per ground-truth nucleus, same centroid and area, in level-0 pixels
+    # CSV: one row per ground-truth nucleus, same centroid and area, in level-0 pixels (QuPath convention)
     truth = ground_truth_table(label)
-    truth[:, :2] = (truth[:, :2] + 0.5) * step - 0.5
+    truth[:, :2] = (truth[:, :2] + 0.5) * step
     truth[:, 2] *= step * step
     rows, table = read_csv_table(tmp_path / "case_01_nuclei.csv")
     assert summary["nuclei"] == len(rows) == len(truth)
@@ -325,11 +326,22 @@ def test_every_nucleus_comes_out_once_and_whole(slide, tmp_path, level):
     assert len(set(matched)) == len(truth)
     assert {f["properties"]["measurements"]["id"] for f in features} == {int(r["id"]) for r in rows}
 
-    # overview: the thumbnail with centroid marks, none on the glass
-    overview = np.asarray(Image.open(tmp_path / "case_01_overview.png"))
+    # measurements in µm from the slide's resolution, areas of level-0 pixels; the same centroids as the CSV
+    by_id = {int(r["id"]): r for r in rows}
+    for feature in features:
+        measured, row = feature["properties"]["measurements"], by_id[feature["properties"]["measurements"]["id"]]
+        assert measured["Area µm^2"] == pytest.approx(float(row["area"]) * LEVEL0_MPP**2)
+        assert measured["Perimeter µm"] == pytest.approx(float(row["perimeter"]) * LEVEL0_MPP)
+        centre = shapely.Polygon(feature["geometry"]["coordinates"][0]).centroid
+        assert abs(centre.x - float(row["centroid_x"])) < step and abs(centre.y - float(row["centroid_y"])) < step
+
+    # overview: the thumbnail tinted green where nuclei are, the glass left as it is
+    overview = np.asarray(Image.open(tmp_path / "case_01_overview.png")).astype(int)
     assert overview.shape == (256, 384, 3)
-    green = np.all(overview == (0, 255, 0), axis=-1)
-    assert green.sum() > len(truth) // 4 and not green[:, TISSUE // 4 + 1 :].any()
+    thumbnail = slide["rgb"][::4, ::4].astype(int)
+    greener = (overview[..., 1] - overview[..., 0]) - (thumbnail[..., 1] - thumbnail[..., 0]) > 20
+    assert greener.sum() > len(truth) // 4 and not greener[:, TISSUE // 4 + 1 :].any()
+    assert (overview[:, TISSUE // 4 + 1 :] == thumbnail[:, TISSUE // 4 + 1 :]).all()
 
 
 def test_tile_predictor_output_is_checked(slide, tmp_path):

@@ -26,17 +26,12 @@ from bundle.atomic import atomic_path
 from bundle.checkpoints import CheckpointError, load_checkpoint
 from bundle.data import DataFileError, stem_of, write_image
 from bundle.targets import as_label_map
-from bundle.writers import NUCLEUS_COLUMNS, NUCLEUS_RGB, nuclei_geojson, nucleus_table
-from bundle.wsi.slide import level_downsample, level_shape, opened_slide, read_region
+from bundle.writers import NUCLEUS_COLUMNS, NUCLEUS_RGB, density_overlay, nuclei_geojson, nucleus_table
+from bundle.wsi.slide import level_downsample, level_mpp, level_shape, opened_slide, read_region
 from bundle.wsi.tiling import check_tiling, owned_nuclei, tile_core, tile_grid, tile_window
 from bundle.wsi.tissue import slide_thumbnail, tissue_mask_from_rgb
 
 logger = logging.getLogger(__name__)
-
-HALF_PIXEL = 0.5
-"""Pixel centres lie at integers: level pixel ``i`` spans ``[i - 0.5, i + 0.5)``, so its centre is
-level-0 coordinate ``(i + 0.5) * downsample - 0.5``."""
-
 
 # ----------------------------------------------------------------------------- outputs
 
@@ -52,18 +47,22 @@ def slide_output_paths(output_dir: str | os.PathLike, slide: str | os.PathLike) 
 
 
 class SlideOutputs:
-    """Streams one slide's nuclei to GeoJSON and CSV and marks them on an overview; use as a context manager.
+    """Streams one slide's nuclei to GeoJSON and CSV and counts them on an overview; use as a context manager.
 
     Both files are written to temporary names and renamed into place when the ``with``
-    block ends without error (the overview PNG is written then too); an error leaves no
-    partial file. Memory: the overview image plus one tile's records at a time.
+    block ends without error (the overview PNG is written then too: the thumbnail tinted by
+    nucleus density, :func:`bundle.writers.density_overlay`); an error leaves no partial file.
+    Coordinates and measurements are in level-0 pixels, QuPath's convention (pixel (0, 0)
+    spans [0, 1) x [0, 1)); the GeoJSON measurements are in µm when ``mpp`` is known.
+    Memory: the overview image plus one tile's records at a time.
 
     Args:
         paths: from :func:`slide_output_paths`.
-        overview: (h, w, 3) uint8 thumbnail to mark nucleus centroids on (copied).
+        overview: (h, w, 3) uint8 thumbnail (copied).
         overview_downsample: level-0 pixels per overview pixel.
         tolerance: outline simplification in pixels (see :func:`bundle.writers.instance_polygons`).
-        color: RGB of the centroid marks and of the QuPath classification.
+        color: RGB of the density tint and of the QuPath classification.
+        mpp: microns per level-0 pixel, or None (measurements in pixels).
     """
 
     def __init__(
@@ -73,9 +72,11 @@ class SlideOutputs:
         overview_downsample: float,
         tolerance: float = 0.5,
         color: Sequence[int] = NUCLEUS_RGB,
+        mpp: float | None = None,
     ):
         self.paths, self.overview, self.overview_downsample = paths, overview.copy(), overview_downsample
-        self.tolerance, self.color = tolerance, tuple(color)
+        self.tolerance, self.color, self.mpp = tolerance, tuple(color), mpp
+        self.density = np.zeros(overview.shape[:2], np.int64)
         self.count = 0
         self._stack = ExitStack()
 
@@ -95,24 +96,34 @@ class SlideOutputs:
         """Record the nuclei of ``owned`` (h, w) ids, a window of (3, h, w) ``rgb`` at ``origin``
         (row, col) of a level with ``downsample``; returns how many. They get slide-wide ids."""
         ids = relabel_sequential(owned, offset=self.count + 1)[0] if owned.any() else owned
-        geojson = nuclei_geojson(ids, offset=(origin[1], origin[0]), tolerance=self.tolerance, color=self.color)
-        rows = nucleus_table(np.ascontiguousarray(rgb.transpose(1, 2, 0)), ids)
+        rows = [
+            _row_in_slide_pixels(row, origin, downsample)
+            for row in nucleus_table(np.ascontiguousarray(rgb.transpose(1, 2, 0)), ids)
+        ]
+        # measurements from the level-0 rows; the outlines are scaled to level 0 below
+        geojson = nuclei_geojson(
+            ids, offset=(origin[1], origin[0]), tolerance=self.tolerance, color=self.color, rows=rows, mpp=self.mpp
+        )
         for feature in geojson["features"]:
             _scale_feature(feature, downsample)
             self._geojson.write(("" if self.count == 0 else ",\n") + json.dumps(feature, allow_nan=False))
             self.count += 1
         for row in rows:
-            self._csv.writerow(_row_in_slide_pixels(row, origin, downsample))
-            self._mark(row)
+            self._csv.writerow(row)
+        self._count_on_overview(rows)
         return len(rows)
 
-    def _mark(self, row: dict) -> None:
-        """Colour the overview pixel holding the nucleus centroid (level-0 pixel coordinates)."""
-        y = round((row["centroid_y"] + HALF_PIXEL) / self.overview_downsample - HALF_PIXEL)
-        x = round((row["centroid_x"] + HALF_PIXEL) / self.overview_downsample - HALF_PIXEL)
-        self.overview[min(max(y, 0), self.overview.shape[0] - 1), min(max(x, 0), self.overview.shape[1] - 1)] = (
-            self.color
-        )
+    def _count_on_overview(self, rows: Sequence[dict]) -> None:
+        """Add each nucleus to the overview pixel holding its centroid (level-0 pixels, QuPath convention)."""
+        if rows:
+            height, width = self.density.shape
+            y = np.array([row["centroid_y"] for row in rows]) / self.overview_downsample
+            x = np.array([row["centroid_x"] for row in rows]) / self.overview_downsample
+            np.add.at(
+                self.density,
+                (np.clip(y.astype(int), 0, height - 1), np.clip(x.astype(int), 0, width - 1)),
+                1,
+            )
 
     def __exit__(self, kind, error, traceback) -> None:
         try:
@@ -121,7 +132,7 @@ class SlideOutputs:
         finally:
             self._stack.__exit__(kind, error, traceback)
         if kind is None:
-            write_image(self.paths["overview"], self.overview)
+            write_image(self.paths["overview"], density_overlay(self.overview, self.density, self.color))
 
 
 def _scale_feature(feature: dict, downsample: float) -> None:
@@ -138,11 +149,12 @@ def _scale_feature(feature: dict, downsample: float) -> None:
 
 def _row_in_slide_pixels(row: dict, origin: tuple[int, int], downsample: float) -> dict:
     """A :func:`bundle.writers.nucleus_table` row of a tile at ``origin`` (row, col) of a level with
-    ``downsample`` -> level-0 pixels: centroid (pixel centres at integers), area (rounded), perimeter."""
+    ``downsample`` -> level-0 pixels: centroid (pixel edges at integers, so it scales by
+    ``downsample`` alone), area (rounded), perimeter."""
     return {
         **row,
-        "centroid_x": (row["centroid_x"] + origin[1] + HALF_PIXEL) * downsample - HALF_PIXEL,
-        "centroid_y": (row["centroid_y"] + origin[0] + HALF_PIXEL) * downsample - HALF_PIXEL,
+        "centroid_x": (row["centroid_x"] + origin[1]) * downsample,
+        "centroid_y": (row["centroid_y"] + origin[0]) * downsample,
         "area": int(round(row["area"] * downsample * downsample)),
         "perimeter": row["perimeter"] * downsample,
     }
@@ -179,12 +191,13 @@ def segment_slide(
     min_tissue_area: int = 16,
     overview_max_side: int = 2048,
     tolerance: float = 0.5,
+    mpp: float | None = None,
 ) -> dict:
     """Segment every nucleus of a slide, tile by tile, and write its outputs to ``output_dir``.
 
-    ``<stem>.geojson`` (QuPath detections, level-0 pixels), ``<stem>_nuclei.csv`` (one row per
-    nucleus, centroid/area/perimeter in level-0 pixels) and ``<stem>_overview.png`` (the
-    thumbnail with each nucleus centroid marked). Args:
+    ``<stem>.geojson`` (QuPath detections in level-0 pixels, with measurements),
+    ``<stem>_nuclei.csv`` (one row per nucleus, centroid/area/perimeter in level-0 pixels) and
+    ``<stem>_overview.png`` (the thumbnail tinted by nucleus density). Args:
 
     - predict_tile: (3, h, w) uint8 tile -> (h, w) instance ids, e.g. :class:`NetworkTilePredictor`.
     - tile_size, overlap: window side and overlap in pixels of ``level``; ``overlap`` must exceed
@@ -194,6 +207,8 @@ def segment_slide(
     - tissue_threshold, min_tissue_area: see :func:`tissue_mask_from_rgb`; only windows touching tissue run.
     - overview_max_side: longest side of the thumbnail (tissue mask and overview), pixels.
     - tolerance: outline simplification in level pixels.
+    - mpp: microns per level-0 pixel for the GeoJSON measurements; None: read from the slide,
+      and measurements stay in pixels when the slide does not say.
 
     Returns ``{"slide", "tiles", "tiles_total", "nuclei", **output paths}``.
     """
@@ -205,8 +220,9 @@ def segment_slide(
         origins = tile_grid(shape, tile_size, overlap, mask, thumb_downsample / downsample)
         total = len(tile_grid(shape, tile_size, overlap))
         logger.info("%s: %d of %d tiles of %d px at level %d touch tissue", path, len(origins), total, tile_size, level)
+        mpp = mpp if mpp is not None else _slide_mpp(reader, wsi)
         paths = slide_output_paths(output_dir, path)
-        with SlideOutputs(paths, thumbnail, thumb_downsample, tolerance) as outputs:
+        with SlideOutputs(paths, thumbnail, thumb_downsample, tolerance, mpp=mpp) as outputs:
             for origin in origins:
                 window = tile_window(origin, shape, tile_size)
                 rgb = read_region(reader, wsi, origin, (window[2] - window[0], window[3] - window[1]), level)
@@ -216,6 +232,15 @@ def segment_slide(
     logger.info("%s: %d nuclei -> %s", path, outputs.count, paths["geojson"])
     counts = {"slide": str(path), "tiles": len(origins), "tiles_total": total, "nuclei": outputs.count}
     return {**counts, **{name: str(output) for name, output in paths.items()}}
+
+
+def _slide_mpp(reader, wsi) -> float | None:
+    """Microns per level-0 pixel from the slide's metadata, or None (logged) when it has none."""
+    try:
+        return level_mpp(reader, wsi, 0)
+    except DataFileError as error:
+        logger.info("%s; measurements in pixels (set mpp to give them in µm)", error)
+        return None
 
 
 def segment_slides(
