@@ -1,12 +1,14 @@
 """Checkpoint files read as untrusted data: every problem is reported with the file's name,
 and loading is always tensor-only (``weights_only=True``), never the unsafe fallback."""
 
+import os
 import pickle
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from ignite.handlers import Checkpoint
 from monai.handlers import CheckpointLoader
 
 PICKLED_OBJECTS = (
@@ -84,20 +86,30 @@ class CheckedCheckpointLoader(CheckpointLoader):
 
     def __call__(self, engine) -> None:
         if not Path(self.load_path).exists():
-            raise CheckpointError(
-                self.load_path,
-                "file not found; train a model first (configs/train.json writes models/model.pt "
-                "under --bundle_root) or point --model_path at one",
-            )
+            raise missing_model(self.load_path)
         content = load_checkpoint(self.load_path, mmap=True)
         try:
             super().__call__(engine)
         except Exception as error:
-            raise CheckpointError(
-                self.load_path,
-                f"does not fit this workflow's {', '.join(self.load_dict)} ({type(error).__name__}: "
-                f"{_first_line(error)}){_backbone_hint(content)}",
-            ) from None
+            raise does_not_fit(self.load_path, self.load_dict, error, content) from None
+
+
+def missing_model(path: str | Path) -> CheckpointError:
+    """The error for a model file that is not there, saying how to get one."""
+    return CheckpointError(
+        path,
+        "file not found; train a model first (configs/train.json writes models/model.pt "
+        "under --bundle_root) or point --model_path at one",
+    )
+
+
+def does_not_fit(path: str | Path, objects: Sequence[str], error: Exception, content: dict) -> CheckpointError:
+    """The error for a readable checkpoint that does not load into ``objects`` (names), with a backbone hint."""
+    return CheckpointError(
+        path,
+        f"does not fit this workflow's {', '.join(objects)} ({type(error).__name__}: "
+        f"{_first_line(error)}){_backbone_hint(content)}",
+    )
 
 
 def _backbone_hint(content: dict) -> str:
@@ -112,3 +124,25 @@ def _backbone_hint(content: dict) -> str:
     )
     name = describe_architecture(encoder) if encoder else ""
     return f"; it holds a {name} network: rerun with --backbone {name}" if name.startswith("resnet") else ""
+
+
+def load_network_weights(
+    network: torch.nn.Module, path: str | os.PathLike, map_location: str | torch.device = "cpu"
+) -> torch.nn.Module:
+    """Load ``path`` into ``network`` strictly and return it (whole-slide inference, tools).
+
+    Accepts a plain state dict or a MONAI ``CheckpointSaver`` file holding ``{"network": ...}``
+    (as ``CheckpointLoader`` does, through ignite's ``Checkpoint.load_objects``); its errors
+    are those of :class:`CheckedCheckpointLoader`.
+
+    Raises:
+        CheckpointError: naming the file, when missing, unreadable or not loadable into ``network``.
+    """
+    if not Path(path).is_file():
+        raise missing_model(path)
+    content = load_checkpoint(path, map_location)
+    try:
+        Checkpoint.load_objects(to_load={"network": network}, checkpoint=content, strict=True)
+    except Exception as error:  # ignite and torch raise several types for mismatched weights
+        raise does_not_fit(path, ("network",), error, content) from None
+    return network

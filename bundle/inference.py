@@ -6,7 +6,6 @@ import shutil
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 
-import numpy as np
 from monai.config import KeysCollection
 from monai.engines import SupervisedEvaluator
 from monai.transforms import MapTransform
@@ -14,7 +13,7 @@ from monai.utils import convert_to_numpy
 
 from bundle.data import MAX_PIXELS, DataFileError, read_image, stem_of
 from bundle.output_folder import PARTIAL_PREFIX, OutputFolder
-from bundle.transforms import PATH_SUFFIX
+from bundle.transforms import PATH_SUFFIX, ScaleRGB
 from bundle.writers import (
     nuclei_geojson,
     nucleus_table,
@@ -77,7 +76,7 @@ class TileScreen:
                     raise DataFileError(
                         path,
                         f"{height}x{width} pixels need about {needed / 2**30:.1f} GiB for tile inference, "
-                        f"{self.memory_bytes / 2**30:.1f} GiB available; run configs/inference_wsi.json on it "
+                        f"{self.memory_bytes / 2**30:.1f} GiB available; run configs/inference.json + configs/inference_wsi.json on it "
                         "(it works through a large image tile by tile)",
                     )
                 good.append(item)
@@ -96,11 +95,6 @@ class TileScreen:
                 f"{len(self.failures)} tile(s) could not be read, processed or written (or would overwrite another tile's "
                 f"outputs) and were skipped:\n{listing}"
             )
-
-
-def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """(3, H, W) float image in [0, 1] -> (H, W, 3) uint8, the tile as it was read."""
-    return np.clip(np.rint(convert_to_numpy(image) * 255.0), 0, 255).astype(np.uint8).transpose(1, 2, 0)
 
 
 class SaveNucleiOutputsd(MapTransform):
@@ -132,7 +126,7 @@ class SaveNucleiOutputsd(MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         stem = stem_of(str(d[f"{self.image_key}{PATH_SUFFIX}"]))
-        rgb = as_rgb_uint8(d[self.image_key])
+        rgb = ScaleRGB.inverse(d[self.image_key])
         for key in self.key_iterator(d):
             instances = convert_to_numpy(d[key])[0]
             partial = self.output_dir / f"{PARTIAL_PREFIX}{stem}-{os.getpid()}"

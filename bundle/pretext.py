@@ -36,7 +36,7 @@ from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, Transform
 from monai.utils import convert_to_tensor
 
-from bundle.transforms import PATH_SUFFIX
+from bundle.transforms import PATH_SUFFIX, RGB_MAX
 
 N_ROTATIONS = 4
 """RotNet classes: rotations by 0, 90, 180 and 270 degrees."""
@@ -231,7 +231,7 @@ class ColorMePretext(Randomizable, Transform):
     fine-tuning; the target is the red channel scaled to [0, 1] (``max_value`` 255 for uint8).
     """
 
-    def __init__(self, crop_size: int = 768, channel: int = 0, max_value: float = 255.0):
+    def __init__(self, crop_size: int = 768, channel: int = 0, max_value: float = RGB_MAX):
         check_crop_size(crop_size)
         if max_value <= 0:
             raise ValueError(f"max_value must be > 0, got {max_value}")
@@ -324,7 +324,7 @@ class ColorMePretextd(PretextDictionary):
         keys: KeysCollection = "image",
         crop_size: int = 768,
         channel: int = 0,
-        max_value: float = 255.0,
+        max_value: float = RGB_MAX,
         label_key: str = "label",
     ):
         super().__init__(keys, ColorMePretext(crop_size, channel, max_value), label_key)

@@ -17,6 +17,11 @@ from bundle.data import MAX_PIXELS, read_image, read_label
 
 PATH_SUFFIX = "_path"
 
+RGB_MAX = 255.0
+"""The image contract of every network in the bundle: (3, H, W) RGB, channel-first, uint8 values
+divided by this into float32 [0, 1]. :class:`ScaleRGB` and :class:`ScaleRGBd` apply it;
+nothing else scales images."""
+
 
 class _LoadPathd(MapTransform):
     """Replace ``d[key]`` (a path) by the array :meth:`read` makes of it; keep the path in ``d[key + "_path"]``.
@@ -52,6 +57,33 @@ class LoadLabeld(_LoadPathd):
 
     def read(self, path: str) -> np.ndarray:
         return read_label(path, self.max_pixels)[None]
+
+
+class ScaleRGB(Transform):
+    """(..., 3, H, W) uint8 RGB (array or tensor) -> float32 tensor in [0, 1]: the network input (:data:`RGB_MAX`)."""
+
+    def __call__(self, image: np.ndarray | torch.Tensor) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(image) if not isinstance(image, torch.Tensor) else image).float() / RGB_MAX
+
+    @staticmethod
+    def inverse(image: np.ndarray | torch.Tensor) -> np.ndarray:
+        """(3, H, W) float in [0, 1] -> (H, W, 3) uint8 RGB, the tile as it was read (for writers)."""
+        values = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+        return np.clip(np.rint(values * RGB_MAX), 0, RGB_MAX).astype(np.uint8).transpose(1, 2, 0)
+
+
+class ScaleRGBd(MapTransform):
+    """Dictionary version of :class:`ScaleRGB` (MONAI metadata is dropped: the images are plain tensors)."""
+
+    def __init__(self, keys: KeysCollection, allow_missing_keys: bool = False):
+        super().__init__(keys, allow_missing_keys)
+        self.scale = ScaleRGB()
+
+    def __call__(self, data: Mapping[Hashable, object]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[key] = self.scale(d[key])
+        return d
 
 
 def resize_square(image: np.ndarray, size: int, mode: str) -> np.ndarray:

@@ -38,6 +38,7 @@ from bundle.data import read_image  # noqa: E402
 from bundle.handlers import latest_checkpoint  # noqa: E402
 from bundle.initialization import describe_architecture  # noqa: E402
 from bundle.networks import TripletEncoderNet  # noqa: E402
+from bundle.transforms import ScaleRGB  # noqa: E402
 from bundle.transforms import TripletCrop  # noqa: E402
 
 PANEL_INCHES = 3.2  # side of one crop or map panel
@@ -121,11 +122,6 @@ def load_network(checkpoint: str | Path, backbone: str | None = None) -> Triplet
 # ----------------------------------------------------------------------------- computation
 
 
-def as_network_input(crop: np.ndarray | torch.Tensor) -> torch.Tensor:
-    """(3, S, S) uint8 crop -> (3, S, S) float32 in [0, 1], as pretraining scales it."""
-    return torch.as_tensor(np.asarray(crop)).float() / 255.0
-
-
 def density_maps(
     net: TripletEncoderNet, positive: np.ndarray | torch.Tensor, negative: np.ndarray | torch.Tensor
 ) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -146,7 +142,7 @@ def density_maps(
         raise ValueError(
             f"positive and negative must be (3, S, S) crops of one size, got {np.shape(positive)} and {np.shape(negative)}"
         )
-    batch = torch.stack([as_network_input(positive), as_network_input(negative)])
+    batch = ScaleRGB()(np.stack([np.asarray(positive), np.asarray(negative)]))
     was_training = net.training
     net.eval()
     try:

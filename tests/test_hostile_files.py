@@ -28,12 +28,11 @@ from conftest import REPO_ROOT
 from ignite.engine import Engine
 from monai.handlers import CheckpointLoader
 
-from bundle.checkpoints import CheckedCheckpointLoader
+from bundle.checkpoints import CheckedCheckpointLoader, load_network_weights
 from bundle.data import DataFileError, read_aperio_xml, read_image, read_label, write_image, write_label
 from bundle.inference import SaveNucleiOutputsd, TileScreen
 from bundle.initialization import load_weights
 from bundle.networks import TripletEncoderNet, segmentation_unet
-from bundle.wsi import load_network_weights
 
 PREPARE_SCRIPT = REPO_ROOT / "scripts" / "prepare.py"
 HUGE = 100_000
@@ -458,7 +457,7 @@ def test_every_loader_we_own_refuses_a_pickled_object(pickled_checkpoint):
     loaders = {
         "bundle.initialization.load_weights": lambda: load_weights(path),
         "scripts/visualize.py load_network": lambda: load_visualize_script().load_network(path),
-        "bundle.wsi.load_network_weights": lambda: load_network_weights(TripletEncoderNet("resnet10"), path),
+        "bundle.checkpoints.load_network_weights": lambda: load_network_weights(TripletEncoderNet("resnet10"), path),
     }
     for name, load in loaders.items():
         with pytest.raises(

@@ -20,9 +20,9 @@ SAVE_RANK_WEIGHTS = {
 }
 
 
-def torchrun(tmp_path, configs, **overrides):
+def torchrun(tmp_path, configs, extra_config=None, **overrides):
     extra = tmp_path / "save_rank_weights.json"
-    extra.write_text(json.dumps(SAVE_RANK_WEIGHTS))
+    extra.write_text(json.dumps({**SAVE_RANK_WEIGHTS, **(extra_config or {})}))
     files = [str(REPO_ROOT / "configs" / c) for c in configs] + [str(extra)]
     command = [
         sys.executable,
@@ -86,10 +86,20 @@ def test_pretrain_on_two_processes(tmp_path, synthetic_dir):
     assert_one_writer_process(tmp_path / "runs" / "pretrain")
 
 
+def handlers_with_one_inserted_first(section: str) -> dict:
+    """``train.json``'s ``<section>#handlers`` with an all-rank handler inserted in front (rank-0 ones move)."""
+    handlers = json.loads((REPO_ROOT / "configs" / "train.json").read_text())[section]["handlers"]
+    silent = {"_target_": "StatsHandler", "iteration_log": False, "epoch_log": False}
+    return {f"{section}#handlers": [silent, *handlers]}
+
+
 def test_train_on_two_processes(tmp_path, prepared):
+    # the multi-GPU file must not depend on where handlers sit in train.json's lists
+    inserted = {**handlers_with_one_inserted_first("train"), **handlers_with_one_inserted_first("validate")}
     result = torchrun(
         tmp_path,
         ["train.json", "multi_gpu_train.json"],
+        extra_config=inserted,
         bundle_root=str(tmp_path),
         dataset_dir=str(prepared),
         init="scratch",

@@ -145,5 +145,5 @@ def test_a_tile_needing_more_memory_than_available_is_skipped_naming_the_need(tm
     assert screen.failures[str(tmp_path / "big.tif")].startswith(
         f"{tmp_path / 'big.tif'}: 100x200 pixels need about 0.0 GiB for tile inference"
     )
-    assert "run configs/inference_wsi.json on it" in screen.failures[str(tmp_path / "big.tif")]
+    assert "run configs/inference.json + configs/inference_wsi.json on it" in screen.failures[str(tmp_path / "big.tif")]
     assert TileScreen().memory_bytes > 2**20  # the machine's available memory by default

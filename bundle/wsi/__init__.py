@@ -16,7 +16,7 @@ Conventions:
 """
 
 from bundle.wsi.sampling import sample_slide_tiles
-from bundle.wsi.segment import NetworkTilePredictor, load_network_weights, segment_slide, segment_slides
+from bundle.wsi.segment import segment_slide, segment_slides
 from bundle.wsi.slide import (
     level_count,
     level_downsample,
@@ -33,12 +33,10 @@ from bundle.wsi.tiling import owned_nuclei, tile_core, tile_grid, tile_window
 from bundle.wsi.tissue import tissue_mask
 
 __all__ = [
-    "NetworkTilePredictor",
     "level_count",
     "level_downsample",
     "level_for_mpp",
     "level_shape",
-    "load_network_weights",
     "open_slide",
     "opened_slide",
     "owned_nuclei",

@@ -18,12 +18,9 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-import torch
-from ignite.handlers import Checkpoint
 from skimage.segmentation import relabel_sequential
 
 from bundle.atomic import atomic_path
-from bundle.checkpoints import CheckpointError, load_checkpoint
 from bundle.data import DataFileError, stem_of, write_image
 from bundle.targets import as_label_map
 from bundle.writers import NUCLEUS_COLUMNS, NUCLEUS_RGB, density_overlay, nuclei_geojson, nucleus_table
@@ -199,7 +196,7 @@ def segment_slide(
     ``<stem>_nuclei.csv`` (one row per nucleus, centroid/area/perimeter in level-0 pixels) and
     ``<stem>_overview.png`` (the thumbnail tinted by nucleus density). Args:
 
-    - predict_tile: (3, h, w) uint8 tile -> (h, w) instance ids, e.g. :class:`NetworkTilePredictor`.
+    - predict_tile: (3, h, w) uint8 tile -> (h, w) instance ids, e.g. :class:`bundle.predictor.NucleiPredictor`.
     - tile_size, overlap: window side and overlap in pixels of ``level``; ``overlap`` must exceed
       the largest nucleus diameter + 2 px for each nucleus to come out once and whole (module docstring).
     - level: pyramid level the tiles are read and segmented at (0 = full resolution).
@@ -266,59 +263,3 @@ def segment_slides(
         listing = "\n".join(f"  {error}" for error in failures.values())
         raise SystemExit(f"{len(failures)} slide(s) could not be read and were skipped:\n{listing}")
     return summaries
-
-
-# ----------------------------------------------------------------------------- network adapter
-
-
-def load_network_weights(
-    network: torch.nn.Module, path: str | os.PathLike, map_location: str | torch.device = "cpu"
-) -> torch.nn.Module:
-    """Load ``path`` into ``network`` strictly and return it.
-
-    Accepts a plain state dict or a MONAI ``CheckpointSaver`` file holding ``{"network": ...}``
-    (as ``CheckpointLoader`` does, through ignite's ``Checkpoint.load_objects``).
-
-    Raises:
-        FileNotFoundError, ValueError: naming the file, when missing or not loadable into ``network``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: model weights file not found")
-    checkpoint = load_checkpoint(path, map_location)
-    try:
-        Checkpoint.load_objects(to_load={"network": network}, checkpoint=checkpoint, strict=True)
-    except Exception as error:  # ignite and torch raise several types for mismatched weights
-        raise CheckpointError(
-            path, f"cannot load into the network ({type(error).__name__}: {str(error).strip()[:300]})"
-        ) from None
-    return network
-
-
-class NetworkTilePredictor:
-    """The ``predict_tile`` of :func:`segment_slide` for the bundle network.
-
-    (3, h, w) uint8 RGB -> scaled to [0, 1] (as configs/inference.json does) -> ``inferer``
-    (e.g. MONAI ``SlidingWindowInferer``) over ``network`` in eval mode, without gradients,
-    under autocast when ``amp`` -> softmax over the 3 classes -> ``postprocess`` (e.g.
-    :class:`bundle.postprocess.ClassMapToInstances`) -> (h, w) int32 instance ids.
-    """
-
-    def __init__(
-        self,
-        network: torch.nn.Module,
-        inferer: Callable,
-        postprocess: Callable,
-        device: str | torch.device = "cpu",
-        amp: bool = False,
-    ):
-        self.network, self.inferer, self.postprocess = network, inferer, postprocess
-        self.device, self.amp = torch.device(device), amp
-
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        image = torch.as_tensor(np.ascontiguousarray(rgb), device=self.device)[None].float().div_(255.0)
-        self.network.eval()
-        with torch.inference_mode(), torch.autocast(device_type=self.device.type, enabled=self.amp):
-            logits = self.inferer(image, self.network)
-            probabilities = torch.softmax(torch.as_tensor(logits).float(), dim=1)[0].cpu()
-        return as_label_map(self.postprocess(probabilities)).astype(np.int32)

@@ -1,0 +1,85 @@
+"""One predictor for every path that turns an H&E image into nuclei: tiles, slides, and their tools.
+
+:class:`NucleiPredictor` holds the chain once: the image contract
+(:class:`bundle.transforms.ScaleRGB`) -> ``inferer`` over ``network`` (sliding windows, flip
+TTA) -> softmax over the 3 classes -> ``instances`` (:class:`bundle.postprocess.ClassMapToInstances`
+with the thresholds stored beside the model). Tile inference (``configs/inference.json``,
+through :class:`ProbabilityInferer` and :class:`PredictedInstancesd` in its evaluator) and
+whole-slide inference (``configs/inference_wsi.json``, calling the predictor per slide tile)
+share one instance of it, so the two cannot disagree.
+"""
+
+from collections.abc import Callable, Hashable, Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from monai.config import KeysCollection
+from monai.inferers import Inferer
+from monai.transforms import MapTransform
+
+from bundle.targets import as_label_map
+from bundle.transforms import ScaleRGB
+
+
+class NucleiPredictor:
+    """(3, H, W) uint8 RGB -> (H, W) int32 nucleus ids (0 background).
+
+    Args:
+        network: the segmentation network (3-class logits); run in eval mode, without gradients.
+        inferer: e.g. MONAI ``SlidingWindowInferer`` or :class:`bundle.inferers.FlipTTAInferer`.
+        instances: probabilities (3, H, W) -> ids, e.g. :class:`bundle.postprocess.ClassMapToInstances`.
+        device: where the network runs.
+        amp: autocast on ``device`` (float16 on CUDA).
+    """
+
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        inferer: Callable,
+        instances: Callable,
+        device: str | torch.device = "cpu",
+        amp: bool = False,
+    ):
+        self.network, self.inferer, self.instances = network, inferer, instances
+        self.device, self.amp = torch.device(device), amp
+        self.scale = ScaleRGB()
+
+    def probabilities(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) float network inputs in [0, 1] -> (N, 3, H, W) float32 class probabilities."""
+        self.network.eval()
+        with torch.inference_mode(), torch.autocast(device_type=self.device.type, enabled=self.amp):
+            logits = self.inferer(torch.as_tensor(images).to(self.device), self.network)
+        return torch.softmax(torch.as_tensor(logits).float(), dim=1)
+
+    def instances_of(self, probabilities: torch.Tensor) -> np.ndarray:
+        """(3, H, W) probabilities -> (H, W) int32 nucleus ids."""
+        return as_label_map(self.instances(probabilities.cpu())).astype(np.int32)
+
+    def __call__(self, rgb: np.ndarray | torch.Tensor) -> np.ndarray:
+        return self.instances_of(self.probabilities(self.scale(rgb)[None])[0])
+
+
+class ProbabilityInferer(Inferer):
+    """A MONAI inferer giving ``predictor``'s class probabilities, for engines (their ``network``
+    argument is the predictor's own network and is not used twice)."""
+
+    def __init__(self, predictor: NucleiPredictor):
+        self.predictor = predictor
+
+    def __call__(self, inputs: torch.Tensor, network: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return self.predictor.probabilities(inputs)
+
+
+class PredictedInstancesd(MapTransform):
+    """``d[output_key]`` = ``predictor.instances_of(d[key])`` as (1, H, W) ids, from (3, H, W) probabilities."""
+
+    def __init__(self, predictor: NucleiPredictor, keys: KeysCollection = "pred", output_key: str = "instances"):
+        super().__init__(keys)
+        self.predictor, self.output_key = predictor, output_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            d[self.output_key] = torch.as_tensor(self.predictor.instances_of(torch.as_tensor(d[key])))[None]
+        return d
