@@ -86,6 +86,8 @@ def test_tile_and_slide_inference_give_the_same_nuclei_on_the_same_tile(tmp_path
     )
     assert slide.returncode == 0, slide.stderr[-3000:]
 
-    from_tile, from_slide = nuclei_rows(tmp_path / "t" / "case_nuclei.csv"), nuclei_rows(tmp_path / "s" / "case_nuclei.csv")
+    from_tile, from_slide = nuclei_rows(tmp_path / "t" / "case_nuclei.csv"), nuclei_rows(
+        tmp_path / "s" / "case_nuclei.csv"
+    )
     assert len(from_tile) >= 5
     assert from_slide == from_tile
