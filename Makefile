@@ -22,12 +22,23 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q
 
-# The MONAI model zoo's code-format rules (black, isort, flake8 at 120 columns; JSON with 4-space indents)
+# The MONAI model zoo's code-format rules: its runtests.sh --codeformat (black, isort, flake8 with
+# bugbear/comprehensions/executable/pep8-naming at 120 columns) and its pre-commit hooks. The
+# fixers rewrite what they would change and fail, as pre-commit does.
+TEXT_FILES := git ls-files -z -- ':!*.png'
 lint: $(STAMP)
 	$(VENV)/bin/black --check --quiet bundle scripts tests
 	$(VENV)/bin/isort --check-only --quiet bundle scripts tests
 	$(VENV)/bin/flake8 bundle scripts tests
 	$(VENV)/bin/pretty-format-json --no-sort-keys --indent=4 configs/*.json
+	git ls-files -z '*.py' | xargs -0 $(VENV)/bin/check-docstring-first
+	$(TEXT_FILES) | xargs -0 $(VENV)/bin/trailing-whitespace-fixer
+	$(TEXT_FILES) | xargs -0 $(VENV)/bin/end-of-file-fixer
+	$(TEXT_FILES) | xargs -0 $(VENV)/bin/mixed-line-ending
+	git ls-files -s | awk '$$1 == "100755" {print $$4}' | xargs -r $(VENV)/bin/check-executables-have-shebangs
+	git ls-files -z | xargs -0 $(VENV)/bin/check-case-conflict
+	git ls-files -z | xargs -0 $(VENV)/bin/check-added-large-files --enforce-all --maxkb=1024
+	$(VENV)/bin/check-toml pyproject.toml
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow

@@ -20,8 +20,11 @@ class CheckpointError(ValueError):
     """A checkpoint file that cannot be used; the message starts with its path."""
 
     def __init__(self, path: str | Path, problem: str):
-        super().__init__(f"{path}: {problem}")
+        super().__init__(path, problem)
         self.path, self.problem = Path(path), problem
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}"
 
 
 def _first_line(error: Exception) -> str:

@@ -27,32 +27,29 @@ import defusedxml.ElementTree as SafeElementTree
 import nibabel
 import numpy as np
 import tifffile
+from bundle.atomic import atomic_path
 from nibabel.filebasedimages import ImageFileError
 from PIL import Image
 from skimage.draw import polygon
 
-from bundle.atomic import atomic_path
-
+#: Default limit on the pixels (H * W) of an image, or the values of a label map, that the readers
+#: accept; checked on the file header, before anything is decoded or allocated. 2**28 admits a
+#: 16384 x 16384 tile (0.8 GB as RGB uint8) and refuses a header claiming 100000 x 100000.
 MAX_PIXELS = 2**28
-"""Default limit on the pixels (H * W) of an image, or the values of a label map, that the readers
-accept; checked on the file header, before anything is decoded or allocated. 2**28 admits a
-16384 x 16384 tile (0.8 GB as RGB uint8) and refuses a header claiming 100000 x 100000."""
 
+#: XML coordinate of the centre of pixel 0 (row or column) in Aperio ImageScope annotations.
+#:
+#: The MoNuSeg organisers rasterise the XML with MATLAB's ``poly2mask``, whose first pixel
+#: centre is at coordinate 1. Filling with that origin reproduces the instance masks in
+#: ``../shared/data/monuseg/train/masks`` (foreground IoU 0.98-0.995 on the 13 tiles with XML);
+#: origin 0 shifts every nucleus by one pixel down and right (IoU 0.84-0.91).
 APERIO_XML_ORIGIN = 1.0
-"""XML coordinate of the centre of pixel 0 (row or column) in Aperio ImageScope annotations.
 
-The MoNuSeg organisers rasterise the XML with MATLAB's ``poly2mask``, whose first pixel
-centre is at coordinate 1. Filling with that origin reproduces the instance masks in
-``../shared/data/monuseg/train/masks`` (foreground IoU 0.98-0.995 on the 13 tiles with XML);
-origin 0 shifts every nucleus by one pixel down and right (IoU 0.84-0.91).
-"""
-
+#: Largest |X| or |Y| of an Aperio XML vertex that is used (no slide is 10**9 px across).
+#:
+#: Beyond about 9.2e18 scikit-image's ``polygon`` overflows and silently fills nothing, so a
+#: region reaching further is skipped, with the warning of unusable regions.
 MAX_XML_COORDINATE = 1e9
-"""Largest |X| or |Y| of an Aperio XML vertex that is used (no slide is 10**9 px across).
-
-Beyond about 9.2e18 scikit-image's ``polygon`` overflows and silently fills nothing, so a
-region reaching further is skipped, with the warning of unusable regions.
-"""
 # Regions filling more than this share of the tile AND this many pixels are not nuclei
 # (the largest nucleus of the 30 MoNuSeg 2018 training masks covers 5,147 px; a tile has 10^6).
 MAX_NUCLEUS_FRACTION, MAX_NUCLEUS_PIXELS = 0.01, 10_000
@@ -231,8 +228,8 @@ def read_aperio_xml(path: str | os.PathLike, shape: tuple[int, int]) -> np.ndarr
     return rasterise_nuclei(path, nuclei, shape)
 
 
+#: ``(2, V)`` float array: X (row 0) and Y (row 1) of a polygon's vertices, with pixel centres at whole numbers.
 Ring = np.ndarray
-"""``(2, V)`` float array: X (row 0) and Y (row 1) of a polygon's vertices, with pixel centres at whole numbers."""
 
 
 def usable_ring(xy) -> Ring | None:

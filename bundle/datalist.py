@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-
 from bundle.data import IMAGE_SUFFIXES, LABEL_SUFFIXES, DataFileError, stem_of, suffix_of
 
 DEFAULT_LABEL_FRACTIONS = (0.1, 0.3, 0.5, 0.7, 1.0)

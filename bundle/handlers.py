@@ -12,17 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bundle.atomic import atomic_path
+from bundle.checkpoints import CheckpointError, load_checkpoint
+from bundle.cli import user_error
+from bundle.metrics import nuclei_metrics
 from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
 from monai.data.utils import set_rnd
 from monai.handlers import CheckpointSaver, StatsHandler
 from monai.utils import CommonKeys, convert_to_numpy, set_determinism
 from torch import nn
-
-from bundle.atomic import atomic_path
-from bundle.checkpoints import CheckpointError, load_checkpoint
-from bundle.cli import user_error
-from bundle.metrics import nuclei_metrics
 
 logger = logging.getLogger(__name__)
 

@@ -6,11 +6,6 @@ import shutil
 from collections.abc import Hashable, Mapping
 from pathlib import Path
 
-from monai.config import KeysCollection
-from monai.engines import SupervisedEvaluator
-from monai.transforms import MapTransform
-from monai.utils import convert_to_numpy
-
 from bundle.data import MAX_PIXELS, DataFileError, read_image, stem_of
 from bundle.output_folder import PARTIAL_PREFIX, OutputFolder
 from bundle.transforms import PATH_SUFFIX, ScaleRGB
@@ -22,6 +17,10 @@ from bundle.writers import (
     write_nuclei_csv,
     write_overlay_png,
 )
+from monai.config import KeysCollection
+from monai.engines import SupervisedEvaluator
+from monai.transforms import MapTransform
+from monai.utils import convert_to_numpy
 
 logger = logging.getLogger(__name__)
 
@@ -76,8 +75,8 @@ class TileScreen:
                     raise DataFileError(
                         path,
                         f"{height}x{width} pixels need about {needed / 2**30:.1f} GiB for tile inference, "
-                        f"{self.memory_bytes / 2**30:.1f} GiB available; run configs/inference.json + configs/inference_wsi.json on it "
-                        "(it works through a large image tile by tile)",
+                        f"{self.memory_bytes / 2**30:.1f} GiB available; run configs/inference.json + "
+                        "configs/inference_wsi.json on it (it works through a large image tile by tile)",
                     )
                 good.append(item)
                 stems[stem] = path

@@ -6,8 +6,8 @@ from typing import Any
 import torch
 from monai.inferers import Inferer, SimpleInferer
 
+#: Identity, vertical, horizontal and both flips of a (N, C, H, W) batch.
 FLIPS = ((), (2,), (3,), (2, 3))
-"""Identity, vertical, horizontal and both flips of a (N, C, H, W) batch."""
 
 
 def cpu_has_native_bf16() -> bool:

@@ -10,10 +10,9 @@ from collections import Counter
 from pathlib import Path
 
 import torch
-from monai.networks.nets import FlexibleUNet
-
 from bundle.checkpoints import CheckpointError, load_checkpoint
 from bundle.networks import segmentation_unet
+from monai.networks.nets import FlexibleUNet
 
 logger = logging.getLogger(__name__)
 

@@ -144,7 +144,8 @@ def _config_ids(content: Any, prefix: str = "") -> set[str]:
 
 
 def parameter_listing(config: ConfigParser, config_files: list[str]) -> str:
-    """The workflow's parameters (top-level items whose default is a value or an expression, not a component) with their defaults."""
+    """The workflow's parameters (top-level items whose default is a value or an expression,
+    not a component) with their defaults."""
     rows = [
         (key, value)
         for key, value in config.get().items()

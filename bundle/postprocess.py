@@ -23,6 +23,8 @@ from collections.abc import Hashable, Mapping
 from pathlib import Path
 
 import numpy as np
+from bundle.data import DataFileError
+from bundle.targets import BODY, BOUNDARY, N_CLASSES
 from monai.config import KeysCollection, NdarrayOrTensor
 from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_numpy
@@ -30,11 +32,8 @@ from scipy import ndimage
 from skimage.measure import label as connected_components
 from skimage.segmentation import relabel_sequential, watershed
 
-from bundle.data import DataFileError
-from bundle.targets import BODY, BOUNDARY, N_CLASSES
-
+#: How far outside [0, 1] a probability may stray (rounding, float16) before the map is refused.
 PROBABILITY_TOLERANCE = 1e-3
-"""How far outside [0, 1] a probability may stray (rounding, float16) before the map is refused."""
 
 
 def as_probability_map(prob: NdarrayOrTensor) -> np.ndarray:

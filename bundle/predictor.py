@@ -14,12 +14,11 @@ from typing import Any
 
 import numpy as np
 import torch
+from bundle.targets import as_label_map
+from bundle.transforms import ScaleRGB
 from monai.config import KeysCollection
 from monai.inferers import Inferer
 from monai.transforms import MapTransform
-
-from bundle.targets import as_label_map
-from bundle.transforms import ScaleRGB
 
 
 class NucleiPredictor:

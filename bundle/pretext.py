@@ -32,22 +32,21 @@ from functools import lru_cache
 
 import numpy as np
 import torch
+from bundle.transforms import PATH_SUFFIX, RGB_MAX
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, Transform
 from monai.utils import convert_to_tensor
 
-from bundle.transforms import PATH_SUFFIX, RGB_MAX
-
+#: RotNet classes: rotations by 0, 90, 180 and 270 degrees.
 N_ROTATIONS = 4
-"""RotNet classes: rotations by 0, 90, 180 and 270 degrees."""
 
+#: The jigsaw puzzle is JIGSAW_GRID x JIGSAW_GRID tiles.
 JIGSAW_GRID = 3
-"""The jigsaw puzzle is JIGSAW_GRID x JIGSAW_GRID tiles."""
 
 JIGSAW_CELLS = JIGSAW_GRID * JIGSAW_GRID
 
+#: Row of the identity in :func:`all_permutations` (``itertools.permutations`` starts with it).
 IDENTITY_INDEX = 0
-"""Row of the identity in :func:`all_permutations` (``itertools.permutations`` starts with it)."""
 
 
 def plain_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:

@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from bundle.data import DataFileError, Ring, rasterise_nuclei, usable_ring
 
+#: QuPath coordinates put pixel (0, 0)'s top-left corner at (0, 0), so its centre is at 0.5.
 QUPATH_ORIGIN = 0.5
-"""QuPath coordinates put pixel (0, 0)'s top-left corner at (0, 0), so its centre is at 0.5."""
 GEOJSON_SUFFIXES = (".geojson",)
 
 

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+from bundle.atomic import atomic_path
 from PIL import Image
 from scipy import ndimage
 from scipy.spatial import cKDTree
-
-from bundle.atomic import atomic_path
 
 Seed = int | Sequence[int] | np.random.SeedSequence
 
@@ -112,13 +111,16 @@ class NucleusCandidates:
         return NucleusCandidates(**{name: value[index] for name, value in vars(self).items()})
 
 
+DEFAULT_STYLE = TileStyle()  # frozen: one shared default is safe
+
+
 def synthesize_tile(
     shape: tuple[int, int] = (1000, 1000),
     seed: Seed = 0,
     *,
     density: float | None = None,
     mean_radius: float | None = None,
-    style: TileStyle = TileStyle(),
+    style: TileStyle = DEFAULT_STYLE,
 ) -> tuple[np.ndarray, np.ndarray]:
     """One synthetic H&E tile and its exact nucleus instance map.
 
@@ -427,11 +429,7 @@ def fibrous_streaks(shape: tuple[int, int], rng: np.random.Generator, style: Til
 
 
 def nucleus_hematoxylin(
-    label: np.ndarray,
-    radial_position: np.ndarray,
-    nucleus_stain: np.ndarray,
-    grain: np.ndarray,
-    style: TileStyle,
+    label: np.ndarray, radial_position: np.ndarray, nucleus_stain: np.ndarray, grain: np.ndarray, style: TileStyle
 ) -> np.ndarray:
     """Hematoxylin amount: (H, W) float32, per-nucleus stain times chromatin texture
     (from the unit-variance ``grain``), raised towards the boundary (rim), 0 outside nuclei."""
@@ -449,10 +447,7 @@ def tile_seed(seed: int, index: int) -> np.random.SeedSequence:
 
 
 def synthesize_dataset(
-    out_dir: str | os.PathLike,
-    n_tiles: int = 12,
-    shape: tuple[int, int] = (1000, 1000),
-    seed: int = 0,
+    out_dir: str | os.PathLike, n_tiles: int = 12, shape: tuple[int, int] = (1000, 1000), seed: int = 0
 ) -> list[str]:
     """Write a MoNuSeg-style folder of synthetic tiles; returns the stems written.
 

@@ -20,8 +20,8 @@ from monai.utils import TransformBackends, convert_to_dst_type, convert_to_numpy
 from scipy import ndimage
 from skimage.segmentation import find_boundaries
 
+#: Class indices of the 3-class map, also the channel order of the predicted probabilities.
 BACKGROUND, BODY, BOUNDARY = 0, 1, 2
-"""Class indices of the 3-class map, also the channel order of the predicted probabilities."""
 
 N_CLASSES = 3
 

@@ -9,18 +9,17 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
 import torch
+from bundle.data import MAX_PIXELS, read_image, read_label
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Randomizable, RandomizableTransform, Transform
 from skimage.color.colorconv import hed_from_rgb, rgb_from_hed
 
-from bundle.data import MAX_PIXELS, read_image, read_label
-
 PATH_SUFFIX = "_path"
 
+#: The image contract of every network in the bundle: (3, H, W) RGB, channel-first, uint8 values
+#: divided by this into float32 [0, 1]. :class:`ScaleRGB` and :class:`ScaleRGBd` apply it;
+#: nothing else scales images.
 RGB_MAX = 255.0
-"""The image contract of every network in the bundle: (3, H, W) RGB, channel-first, uint8 values
-divided by this into float32 [0, 1]. :class:`ScaleRGB` and :class:`ScaleRGBd` apply it;
-nothing else scales images."""
 
 
 class _LoadPathd(MapTransform):

@@ -14,12 +14,11 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from ignite.engine import Engine, Events
-from monai.utils import convert_to_numpy
-
 from bundle.atomic import atomic_path
 from bundle.metrics import aji, overlap_table
 from bundle.postprocess import ClassMapToInstances
+from ignite.engine import Engine, Events
+from monai.utils import convert_to_numpy
 
 logger = logging.getLogger(__name__)
 

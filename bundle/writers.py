@@ -21,31 +21,31 @@ from pathlib import Path
 
 import numpy as np
 import shapely
+from bundle.atomic import atomic_path
+from bundle.data import TIFF_SUFFIXES, DataFileError, suffix_of, write_label
+from bundle.targets import as_label_map
 from PIL import Image
 from scipy import ndimage
 from skimage.color import rgb2hed
 from skimage.measure import find_contours, regionprops_table
 from skimage.segmentation import find_boundaries, relabel_sequential
 
-from bundle.atomic import atomic_path
-from bundle.data import TIFF_SUFFIXES, DataFileError, suffix_of, write_label
-from bundle.targets import as_label_map
-
+#: Default colour of nucleus contours (overlay) and of the QuPath "Nucleus" class: green stands out on H&E.
 NUCLEUS_RGB = (0, 255, 0)
-"""Default colour of nucleus contours (overlay) and of the QuPath "Nucleus" class: green stands out on H&E."""
 
+#: QuPath coordinate of the centre of pixel 0 (its pixel (0, 0) spans [0, 1) x [0, 1)).
 QUPATH_PIXEL_CENTRE = 0.5
-"""QuPath coordinate of the centre of pixel 0 (its pixel (0, 0) spans [0, 1) x [0, 1))."""
 
+#: A GeoJSON linear ring needs at least 4 positions: 3 distinct vertices and the first repeated.
 MIN_RING_POSITIONS = 4
-"""A GeoJSON linear ring needs at least 4 positions: 3 distinct vertices and the first repeated."""
 
+#: Background pixels added around each nucleus's bounding box so that its contours close.
 CROP_PADDING = 1
-"""Background pixels added around each nucleus's bounding box so that its contours close."""
 
+#: Iso-level traced on a nucleus's 0/1 mask: the contour runs along the pixel edges.
 CONTOUR_LEVEL = 0.5
-"""Iso-level traced on a nucleus's 0/1 mask: the contour runs along the pixel edges."""
 
+#: Columns of :func:`nucleus_table` rows and of the CSV written by :func:`write_nuclei_csv`.
 NUCLEUS_COLUMNS = (
     "id",
     "centroid_x",
@@ -56,7 +56,6 @@ NUCLEUS_COLUMNS = (
     "mean_hematoxylin",
     "touches_edge",
 )
-"""Columns of :func:`nucleus_table` rows and of the CSV written by :func:`write_nuclei_csv`."""
 
 _REGIONPROPS_COLUMNS = {
     "id": "label",

@@ -378,7 +378,8 @@ def print_soak_report(monitor: SoakMonitor, tiles: int, tile_size: int) -> None:
         f"RSS over the samples: {rss.min():.1f}-{rss.max():.1f} MiB, least-squares trend {slope:+.2f} MiB per 100 tiles"
     )
     print(
-        f"mean nuclei per tile: {monitor.nuclei / tiles:.1f} | mean throughput {monitor.rows[-1][0] / sum(r[2] for r in monitor.rows):.2f} tiles/s"
+        f"mean nuclei per tile: {monitor.nuclei / tiles:.1f} | "
+        f"mean throughput {monitor.rows[-1][0] / sum(r[2] for r in monitor.rows):.2f} tiles/s"
     )
 
 

@@ -519,7 +519,8 @@ def _per_cell_table(cells: list[dict], inits: list[str]) -> list[str]:
     lines = [
         "## Table 4 – every cell: Dice %, AJI % (with the stored thresholds, and with the defaults 0.5/0.5), worst tile",
         "",
-        "| initialisation | labels | seed | fold | Dice | AJI | AJI, default thresholds | thresholds body/foreground | worst tile (AJI %) |",
+        "| initialisation | labels | seed | fold | Dice | AJI | AJI, default thresholds | thresholds body/foreground "
+        "| worst tile (AJI %) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
 
@@ -529,8 +530,9 @@ def _per_cell_table(cells: list[dict], inits: list[str]) -> list[str]:
     for c in sorted(cells, key=order):
         worst = f"{c['worst_tile']} ({100 * c['worst_aji']:.2f})" if "worst_tile" in c else "–"
         lines.append(
-            f"| {LABELS[c['init']]} | {round(c['fraction'] * 100)} % | {c['seed']} | {'–' if c['fold'] is None else c['fold']} | "
-            f"{percent(c, 'dice')} | {percent(c, 'aji')} | {percent(c, 'aji_default_thresholds')} | {c.get('thresholds', '–')} | {worst} |"
+            f"| {LABELS[c['init']]} | {round(c['fraction'] * 100)} % | {c['seed']} | "
+            f"{'–' if c['fold'] is None else c['fold']} | {percent(c, 'dice')} | {percent(c, 'aji')} | "
+            f"{percent(c, 'aji_default_thresholds')} | {c.get('thresholds', '–')} | {worst} |"
         )
     worst = min((c for c in cells if "worst_tile" in c), key=lambda c: c["worst_aji"], default=None)
     if worst:
@@ -586,9 +588,12 @@ def report(
         "",
         f"Preset: {PRESETS[preset]['about']}."
         + (f" Changed for this grid: {changes}." if (changes := schedule_changes(preset, out_dir)) else ""),
-        f"Command: `{wall.get('command', 'python scripts/experiment.py run --preset ' + preset)}`  ",
+        "",
+        f"Command: `{wall.get('command', 'python scripts/experiment.py run --preset ' + preset)}`",
+        "",
         f"Commit(s) the cells ran on: {commits}; machine: {platform.machine()}, {platform.processor() or platform.system()}, "
-        f"{__import__('os').cpu_count()} cores; wall time of the runs: {wall.get('seconds', 0) / 60:.0f} min.  ",
+        f"{__import__('os').cpu_count()} cores; wall time of the runs: {wall.get('seconds', 0) / 60:.0f} min.",
+        "",
         f"Cells finished: {len(cells)}; seeds {seeds}"
         + (f", folds {folds}" if (folds := sorted({c["fold"] for c in cells if c["fold"] is not None})) else "")
         + ". Figures are mean ± sample std over the n cells of an entry (seeds × folds), in %, on the validation "

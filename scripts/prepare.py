@@ -35,7 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fire  # noqa: E402
 import numpy as np  # noqa: E402
-
 from bundle.atomic import atomic_path  # noqa: E402
 from bundle.data import (  # noqa: E402
     MAX_PIXELS,
@@ -58,12 +57,12 @@ from bundle.datalist import (  # noqa: E402
 )
 from bundle.qupath import read_qupath_geojson  # noqa: E402
 
+#: Kind of label -> sub-folder of ``src`` holding such labels ("xml": drawn outlines, Aperio XML or QuPath GeoJSON).
 LABEL_FOLDERS = {"xml": "annotations", "mask": "masks"}
-"""Kind of label -> sub-folder of ``src`` holding such labels ("xml": drawn outlines, Aperio XML or QuPath GeoJSON)."""
+#: ``--labels`` value -> label kinds to use, the first available one per stem winning.
 LABEL_POLICIES = {"auto": ("xml", "mask"), "xml": ("xml",), "masks": ("mask",)}
-"""``--labels`` value -> label kinds to use, the first available one per stem winning."""
+#: ``label_source`` of an outline file (by suffix) -> its reader; other files in annotations/ are label maps.
 VECTOR_READERS = {"xml": read_aperio_xml, "geojson": read_qupath_geojson}
-"""``label_source`` of an outline file (by suffix) -> its reader; other files in annotations/ are label maps."""
 DATALIST_NAME = "datalist.json"
 
 

@@ -27,11 +27,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, s
 
 matplotlib.use("Agg")  # files only, no display
 
-from matplotlib.colors import Normalize  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
-from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE  # noqa: E402
-
 from bundle.atomic import atomic_path  # noqa: E402
 from bundle.checkpoints import load_checkpoint  # noqa: E402
 from bundle.data import read_image  # noqa: E402
@@ -40,6 +35,10 @@ from bundle.initialization import describe_architecture  # noqa: E402
 from bundle.networks import TripletEncoderNet  # noqa: E402
 from bundle.transforms import ScaleRGB  # noqa: E402
 from bundle.transforms import TripletCrop  # noqa: E402
+from matplotlib.colors import Normalize  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE  # noqa: E402
 
 PANEL_INCHES = 3.2  # side of one crop or map panel
 COLOUR_BAR_INCHES = 0.9
@@ -72,7 +71,8 @@ def network_state(path: Path) -> dict[str, torch.Tensor]:
     checkpoint = load_checkpoint(path)
     if "network" not in checkpoint:
         raise ValueError(
-            f"{path}: no 'network' entry (found {sorted(map(str, checkpoint))}); expected a checkpoint saved by configs/pretrain.json"
+            f"{path}: no 'network' entry (found {sorted(map(str, checkpoint))}); "
+            "expected a checkpoint saved by configs/pretrain.json"
         )
     state = checkpoint["network"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -310,7 +310,8 @@ def density(
     pairs = [density_pair(net, path, crop_size, negative_size, seed + index) for index, path in enumerate(paths)]
     for pair in pairs:
         print(
-            f"{pair.name}: f(positive) = {pair.f_pos:.4f}, f(negative) = {pair.f_neg:.4f}, f(positive) > f(negative): {pair.f_pos > pair.f_neg}"
+            f"{pair.name}: f(positive) = {pair.f_pos:.4f}, f(negative) = {pair.f_neg:.4f}, "
+            f"f(positive) > f(negative): {pair.f_pos > pair.f_neg}"
         )
     draw_density_figure(pairs, out)
     print(f"wrote {out}")

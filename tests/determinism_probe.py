@@ -14,10 +14,9 @@ from types import SimpleNamespace
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from bundle.handlers import EpochSeeder  # noqa: E402
 from monai.bundle import ConfigParser  # noqa: E402
 from monai.utils import set_determinism  # noqa: E402
-
-from bundle.handlers import EpochSeeder  # noqa: E402
 
 SEED = 0
 PRETRAIN = {"crop_size": 64, "max_shift": 16, "negative_sizes": [48, 32], "batch_size": 2, "triplets_per_epoch": 8}

@@ -1,7 +1,6 @@
 import errno
 
 import pytest
-
 from bundle.atomic import DiskFullError, atomic_path
 
 

@@ -5,10 +5,9 @@ import zipfile
 
 import pytest
 import torch
-from ignite.engine import Engine
-
 from bundle.checkpoints import CheckedCheckpointLoader, CheckpointError, archive_problem, load_checkpoint
 from bundle.handlers import latest_checkpoint
+from ignite.engine import Engine
 
 
 def save_checkpoint(path, scale=1.0):

@@ -6,10 +6,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from bundle_runner import run_bundle
-
 from bundle.data import write_image
 from bundle.networks import segmentation_unet
+from bundle_runner import run_bundle
 
 
 @pytest.fixture

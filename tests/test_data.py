@@ -7,8 +7,6 @@ import nibabel
 import numpy as np
 import pytest
 import tifffile
-from PIL import Image
-
 from bundle.data import (
     DataFileError,
     check_same_size,
@@ -18,6 +16,7 @@ from bundle.data import (
     write_image,
     write_label,
 )
+from PIL import Image
 
 # Stems with XML: a plain one, one with a 2-vertex region, one whose mask has one nucleus fewer.
 XML_STEMS = ["TCGA-21-5784-01Z-00-DX1", "TCGA-50-5931-01Z-00-DX1", "TCGA-AR-A1AK-01Z-00-DX1"]

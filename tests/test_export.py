@@ -8,10 +8,9 @@ import sys
 import numpy as np
 import tifffile
 import torch
+from bundle.networks import segmentation_unet
 from bundle_runner import run_bundle
 from conftest import REPO_ROOT
-
-from bundle.networks import segmentation_unet
 
 # The traced and eager graphs run the same float32 kernels; differences come only from
 # operation order inside fused kernels, far below this bound.

@@ -58,7 +58,6 @@ def test_training_validates_on_aji_and_keeps_the_best_model(trained):
 
 def test_ssl_init_loads_the_pretrained_encoder(tmp_path, prepared):
     import torch
-
     from bundle.networks import TripletEncoderNet
 
     (tmp_path / "models").mkdir()

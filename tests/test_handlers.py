@@ -4,10 +4,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine
-from monai.data import DataLoader, Dataset
-from monai.transforms import Compose, RandFlipd, RandShiftIntensityd
-
 from bundle.handlers import (
     AtomicCheckpointSaver,
     AtomicDiskSaver,
@@ -17,6 +13,9 @@ from bundle.handlers import (
     latest_checkpoint,
     set_aside_checkpoints,
 )
+from ignite.engine import Engine
+from monai.data import DataLoader, Dataset
+from monai.transforms import Compose, RandFlipd, RandShiftIntensityd
 
 
 @pytest.mark.parametrize("decollated", [False, True])

@@ -23,16 +23,15 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from bundle_runner import bundle_command, single_thread_env
-from conftest import REPO_ROOT
-from ignite.engine import Engine
-from monai.handlers import CheckpointLoader
-
 from bundle.checkpoints import CheckedCheckpointLoader, load_network_weights
 from bundle.data import DataFileError, read_aperio_xml, read_image, read_label, write_image, write_label
 from bundle.inference import SaveNucleiOutputsd, TileScreen
 from bundle.initialization import load_weights
 from bundle.networks import TripletEncoderNet, segmentation_unet
+from bundle_runner import bundle_command, single_thread_env
+from conftest import REPO_ROOT
+from ignite.engine import Engine
+from monai.handlers import CheckpointLoader
 
 PREPARE_SCRIPT = REPO_ROOT / "scripts" / "prepare.py"
 HUGE = 100_000

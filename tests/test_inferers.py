@@ -1,8 +1,7 @@
 import pytest
 import torch
-from monai.inferers import SlidingWindowInferer
-
 from bundle.inferers import CpuBf16Inferer, FlipTTAInferer, cpu_has_native_bf16
+from monai.inferers import SlidingWindowInferer
 
 
 def asymmetric_network() -> torch.nn.Module:

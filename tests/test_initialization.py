@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from bundle.initialization import describe_architecture, initialized_unet, load_weights
 from bundle.networks import TripletEncoderNet, build_encoder
 

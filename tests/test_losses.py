@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from bundle.losses import InstanceAwareLoss, triplet_statistics
 
 

@@ -1,11 +1,6 @@
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine
-from monai.bundle import ConfigParser
-from monai.handlers import from_engine
-from PIL import Image
-
 from bundle import metrics
 from bundle.metrics import NucleiIgniteMetric, NucleiMetric, nuclei_metrics, overlap_table
 from bundle.metrics_reference import (
@@ -17,6 +12,10 @@ from bundle.metrics_reference import (
     perturb_instances,
     random_instance_map,
 )
+from ignite.engine import Engine
+from monai.bundle import ConfigParser
+from monai.handlers import from_engine
+from PIL import Image
 
 SCORES = ("aji", "aji_plus", "dice", "dice2", "pq", "dq", "sq")
 

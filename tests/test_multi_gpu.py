@@ -14,7 +14,8 @@ TINY = {"backbone": "resnet10", "crop_size": 64, "num_workers": 0, "max_epochs":
 # and DDP re-broadcasts rank 0's at every forward; checkpoints hold rank 0's.)
 SAVE_RANK_WEIGHTS = {
     "finalize": [
-        "$torch.save({k: p.detach() for k, p in @network_def.named_parameters()}, @bundle_root + '/rank' + str(dist.get_rank()) + '.pt')",
+        "$torch.save({k: p.detach() for k, p in @network_def.named_parameters()}, "
+        "@bundle_root + '/rank' + str(dist.get_rank()) + '.pt')",
         "$dist.is_initialized() and dist.destroy_process_group()",
     ]
 }

@@ -1,6 +1,5 @@
 import pytest
 import torch
-
 from bundle.engine import PrepareTripletBatch
 from bundle.networks import TripletEncoderNet, segmentation_unet
 

@@ -6,14 +6,13 @@ import os
 import subprocess
 import sys
 
+import bundle.inference as inference
 import numpy as np
 import pytest
 import torch
-from monai.data import DataLoader
-
-import bundle.inference as inference
 from bundle.inference import SaveNucleiOutputsd, TileEvaluator, TileScreen
 from bundle.output_folder import LOCK_NAME, MANIFEST_NAME, OutputFolder
+from monai.data import DataLoader
 
 SUFFIXES = ("_instances.tif", "_overlay.png", ".geojson", "_nuclei.csv")
 

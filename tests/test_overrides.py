@@ -1,12 +1,11 @@
 """Command-line overrides: unknown keys and values of the wrong type or range stop a workflow before it starts."""
 
 import pytest
+from bundle.cli import command_line_checks
+from bundle.overrides import check_overrides, cli_overrides, override_problems
 from bundle_runner import run_bundle
 from conftest import REPO_ROOT
 from monai.bundle import ConfigParser
-
-from bundle.cli import command_line_checks
-from bundle.overrides import check_overrides, cli_overrides, override_problems
 
 TRAIN = ConfigParser()
 TRAIN.read_config([str(REPO_ROOT / "configs" / "train.json"), str(REPO_ROOT / "configs" / "evaluate.json")])

@@ -1,11 +1,10 @@
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
-from skimage.draw import disk
-
 from bundle.postprocess import ClassMapToInstances, ClassMapToInstancesd
 from bundle.targets import BACKGROUND, BODY, BOUNDARY, InstanceToClassMap
+from scipy import ndimage
+from skimage.draw import disk
 
 
 def nuclei_map() -> np.ndarray:

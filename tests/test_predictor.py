@@ -7,14 +7,13 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from bundle_runner import run_bundle
-from monai.inferers import SlidingWindowInferer
-
 from bundle.networks import segmentation_unet
 from bundle.postprocess import ClassMapToInstances
 from bundle.predictor import NucleiPredictor, PredictedInstancesd, ProbabilityInferer
 from bundle.synthetic import synthesize_tile
 from bundle.transforms import ScaleRGB, ScaleRGBd
+from bundle_runner import run_bundle
+from monai.inferers import SlidingWindowInferer
 
 # Thresholds at which the untrained network below outlines tens of nuclei per 96 px (measured).
 LOOSE = {"body_threshold": 0.15, "foreground_threshold": 0.12, "min_marker_area": 4, "min_nucleus_area": 4}
@@ -64,7 +63,8 @@ def nuclei_rows(path) -> list[dict]:
 def test_tile_and_slide_inference_give_the_same_nuclei_on_the_same_tile(tmp_path):
     rgb = synthesize_tile((256, 256), seed=5)[0]
     tiles, slides = tmp_path / "tiles", tmp_path / "slides"
-    tiles.mkdir(), slides.mkdir()
+    tiles.mkdir()
+    slides.mkdir()
     tifffile.imwrite(tiles / "case.tif", rgb, photometric="rgb")
     tifffile.imwrite(slides / "case.tif", rgb, photometric="rgb", tile=(128, 128), compression="zlib")
     model = tmp_path / "model.pt"

@@ -10,10 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
-from monai.data import load_decathlon_datalist
-from PIL import Image
-from skimage.draw import disk
-
 from bundle.data import DataFileError, read_aperio_xml, read_image, read_label
 from bundle.datalist import (
     build_datalist,
@@ -23,6 +19,9 @@ from bundle.datalist import (
     pair_images_and_labels,
     split_train_val,
 )
+from monai.data import load_decathlon_datalist
+from PIL import Image
+from skimage.draw import disk
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PREPARE_SCRIPT = REPO_ROOT / "scripts" / "prepare.py"
@@ -344,7 +343,7 @@ def test_prepare_rerun_replaces_outputs_and_leaves_no_temporary_files(tmp_path):
     assert first != second
     image = read_image(out / "images" / "TILE-02.tif")
     np.testing.assert_array_equal(image, read_image(src / "images" / "TILE-02.tif"))
-    assert not [p for p in out.rglob(".*")]
+    assert not list(out.rglob(".*"))
 
 
 def test_cli_runs_from_the_repository_root_and_summarizes(tmp_path):

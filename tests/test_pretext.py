@@ -3,8 +3,6 @@
 import numpy as np
 import pytest
 import torch
-from bundle_runner import run_bundle
-
 from bundle.losses import ColorRegressionLoss, PretextClassificationLoss
 from bundle.networks import PretextClassifierNet, segmentation_unet
 from bundle.pretext import (
@@ -18,6 +16,7 @@ from bundle.pretext import (
     maximal_hamming_permutations,
     split_tiles,
 )
+from bundle_runner import run_bundle
 
 IDENTITY = np.arange(9)
 

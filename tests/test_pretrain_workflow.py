@@ -2,9 +2,8 @@
 
 import pytest
 import torch
-from bundle_runner import TINY_PRETRAIN, run_bundle
-
 from bundle.networks import segmentation_unet
+from bundle_runner import TINY_PRETRAIN, run_bundle
 
 TINY = TINY_PRETRAIN
 

@@ -6,10 +6,9 @@ import json
 import numpy as np
 import pytest
 import tifffile
-from conftest import REPO_ROOT
-
 from bundle.data import DataFileError, read_label, write_image
 from bundle.qupath import read_qupath_geojson
+from conftest import REPO_ROOT
 
 
 def square(x0, y0, x1, y1):

@@ -2,7 +2,6 @@ from collections import Counter
 
 import pytest
 import torch
-
 from bundle.samplers import DistinctTileSampler
 
 

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-
 from bundle.data import write_image
 from bundle.sources import image_items
 

@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from bundle.synthetic import TileStyle, synthesize_dataset, synthesize_tile, tile_seed, write_tile
 from PIL import Image
 from scipy import ndimage
 from skimage import io
 from skimage.color import rgb2hed
-
-from bundle.synthetic import TileStyle, synthesize_dataset, synthesize_tile, tile_seed, write_tile
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SEEDS = range(6)

@@ -1,9 +1,8 @@
 import numpy as np
 import pytest
 import torch
-from scipy import ndimage
-
 from bundle.targets import BACKGROUND, BODY, BOUNDARY, InstanceToClassMap, InstanceToClassMapd
+from scipy import ndimage
 
 
 def touching_squares() -> np.ndarray:

@@ -1,7 +1,6 @@
 import numpy as np
 import pytest
 import torch
-
 from bundle.transforms import RandHEDJitter, RandHEDJitterd, TripletCrop, TripletCropd
 
 POOL = (96, 64, 48, 32)

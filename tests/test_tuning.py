@@ -3,11 +3,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from ignite.engine import Engine
-
 from bundle.data import DataFileError
 from bundle.postprocess import stored_settings
 from bundle.tuning import ThresholdTuner, mean_aji, search_thresholds
+from ignite.engine import Engine
 
 BASE = {"body_threshold": 0.5, "foreground_threshold": 0.5, "min_marker_area": 4, "min_nucleus_area": 4}
 GRID = {"body_threshold": [0.3, 0.5, 0.7], "foreground_threshold": [0.3, 0.5]}

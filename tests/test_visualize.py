@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from bundle.data import write_image
 from bundle.networks import TripletEncoderNet
 from bundle.synthetic import synthesize_tile
+from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = REPO_ROOT / "scripts" / "visualize.py"

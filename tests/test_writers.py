@@ -5,12 +5,6 @@ import numpy as np
 import pytest
 import shapely
 import tifffile
-from PIL import Image
-from scipy import ndimage
-from skimage.color import rgb2hed
-from skimage.draw import disk, ellipse
-from skimage.draw import polygon as fill_polygon
-
 from bundle.data import DataFileError
 from bundle.synthetic import synthesize_tile
 from bundle.writers import (
@@ -25,6 +19,11 @@ from bundle.writers import (
     write_nuclei_csv,
     write_overlay_png,
 )
+from PIL import Image
+from scipy import ndimage
+from skimage.color import rgb2hed
+from skimage.draw import disk, ellipse
+from skimage.draw import polygon as fill_polygon
 
 GREEN = (0, 255, 0)
 

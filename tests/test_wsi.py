@@ -17,13 +17,6 @@ import pytest
 import shapely
 import tifffile
 import torch
-from bundle_runner import TINY_PRETRAIN, run_bundle
-from PIL import Image
-from skimage.draw import polygon as fill_polygon
-from skimage.measure import label as connected_components
-from skimage.measure import regionprops_table
-from skimage.segmentation import relabel_sequential
-
 from bundle.data import DataFileError, read_image
 from bundle.networks import segmentation_unet
 from bundle.synthetic import synthesize_tile
@@ -47,6 +40,12 @@ from bundle.wsi import (
     tile_window,
     tissue_mask,
 )
+from bundle_runner import TINY_PRETRAIN, run_bundle
+from PIL import Image
+from skimage.draw import polygon as fill_polygon
+from skimage.measure import label as connected_components
+from skimage.measure import regionprops_table
+from skimage.segmentation import relabel_sequential
 
 TISSUE = 1024  # side of the synthetic tissue block, level-0 pixels
 MARGIN = 512  # width of the blank glass on its right

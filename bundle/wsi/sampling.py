@@ -9,8 +9,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from monai.data import WSIReader
-
 from bundle.data import stem_of, write_image
 from bundle.wsi.slide import (
     level_downsample,
@@ -23,6 +21,7 @@ from bundle.wsi.slide import (
 )
 from bundle.wsi.tiling import mask_footprint
 from bundle.wsi.tissue import tissue_mask
+from monai.data import WSIReader
 
 logger = logging.getLogger(__name__)
 

@@ -18,8 +18,6 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
-from skimage.segmentation import relabel_sequential
-
 from bundle.atomic import atomic_path
 from bundle.data import DataFileError, stem_of, write_image
 from bundle.targets import as_label_map
@@ -27,6 +25,7 @@ from bundle.writers import NUCLEUS_COLUMNS, NUCLEUS_RGB, density_overlay, nuclei
 from bundle.wsi.slide import level_downsample, level_mpp, level_shape, opened_slide, read_region
 from bundle.wsi.tiling import check_tiling, owned_nuclei, tile_core, tile_grid, tile_window
 from bundle.wsi.tissue import slide_thumbnail, tissue_mask_from_rgb
+from skimage.segmentation import relabel_sequential
 
 logger = logging.getLogger(__name__)
 
@@ -116,11 +115,7 @@ class SlideOutputs:
             height, width = self.density.shape
             y = np.array([row["centroid_y"] for row in rows]) / self.overview_downsample
             x = np.array([row["centroid_x"] for row in rows]) / self.overview_downsample
-            np.add.at(
-                self.density,
-                (np.clip(y.astype(int), 0, height - 1), np.clip(x.astype(int), 0, width - 1)),
-                1,
-            )
+            np.add.at(self.density, (np.clip(y.astype(int), 0, height - 1), np.clip(x.astype(int), 0, width - 1)), 1)
 
     def __exit__(self, kind, error, traceback) -> None:
         try:
@@ -160,8 +155,8 @@ def _row_in_slide_pixels(row: dict, origin: tuple[int, int], downsample: float) 
 # ----------------------------------------------------------------------------- driver
 
 
+#: (3, h, w) uint8 RGB tile -> (h, w) int instance ids (0 background): network and post-processing.
 PredictTile = Callable[[np.ndarray], np.ndarray]
-"""(3, h, w) uint8 RGB tile -> (h, w) int instance ids (0 background): network and post-processing."""
 
 
 def _tile_instances(predict_tile: PredictTile, rgb: np.ndarray, slide: str, origin: tuple[int, int]) -> np.ndarray:

@@ -11,21 +11,20 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+from bundle.data import DataFileError, suffix_of
 from monai.data import WSIReader
 from monai.utils import convert_to_numpy
 
-from bundle.data import DataFileError, suffix_of
-
+#: Slide files :func:`slide_paths` picks from a folder (all readable by the tifffile backend).
 SLIDE_SUFFIXES = (".tif", ".tiff", ".svs")
-"""Slide files :func:`slide_paths` picks from a folder (all readable by the tifffile backend)."""
 
 BACKENDS = ("tifffile", "openslide", "cucim")
+#: Tried in this order by ``backend="auto"``: cuCIM (GPU-accelerated decoding), then OpenSlide
+#: (the widest range of vendor formats); tifffile, always installed, when neither is.
 AUTO_BACKEND_ORDER = ("cucim", "openslide")
-"""Tried in this order by ``backend="auto"``: cuCIM (GPU-accelerated decoding), then OpenSlide
-(the widest range of vendor formats); tifffile, always installed, when neither is."""
 
+#: Fill for TIFF tiles a slide leaves out (empty segments): white, as bare glass.
 GLASS_VALUE = 255
-"""Fill for TIFF tiles a slide leaves out (empty segments): white, as bare glass."""
 
 
 # ----------------------------------------------------------------------------- opening

@@ -24,7 +24,6 @@ centroid test is exact: it compares integer coordinate sums, never rounded means
 import math
 
 import numpy as np
-
 from bundle.targets import as_label_map
 
 # ----------------------------------------------------------------------------- tiling

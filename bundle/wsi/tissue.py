@@ -6,18 +6,17 @@ Conventions: see :mod:`bundle.wsi`.
 import math
 
 import numpy as np
+from bundle.wsi.slide import GLASS_VALUE, level_count, level_downsample, level_shape, read_region
 from monai.data import WSIReader
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 from skimage.transform import downscale_local_mean
 
-from bundle.wsi.slide import GLASS_VALUE, level_count, level_downsample, level_shape, read_region
-
+#: Side, in pixels of the thumbnail's source level, of the blocks the thumbnail is read in.
 THUMBNAIL_BLOCK = 1024
-"""Side, in pixels of the thumbnail's source level, of the blocks the thumbnail is read in."""
 
+#: Histogram bins of saturation (0..1) for Otsu's threshold.
 SATURATION_BINS = 256
-"""Histogram bins of saturation (0..1) for Otsu's threshold."""
 
 
 # ----------------------------------------------------------------------------- tissue
@@ -71,10 +70,7 @@ def drop_small_pieces(mask: np.ndarray, min_area: int) -> np.ndarray:
 
 
 def tissue_mask_from_rgb(
-    rgb: np.ndarray,
-    threshold: float | None = None,
-    auto_range: tuple[float, float] = (0.02, 0.15),
-    min_area: int = 16,
+    rgb: np.ndarray, threshold: float | None = None, auto_range: tuple[float, float] = (0.02, 0.15), min_area: int = 16
 ) -> np.ndarray:
     """(h, w) bool tissue mask of an (h, w, 3) uint8 thumbnail: saturation above a threshold.
 
