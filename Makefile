@@ -7,7 +7,7 @@ TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-slow lint benchmark clean
+.PHONY: demo test test-slow test-all lint benchmark clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -40,8 +40,13 @@ lint: $(STAMP)
 	git ls-files -z | xargs -0 $(VENV)/bin/check-added-large-files --enforce-all --maxkb=1024
 	$(VENV)/bin/check-toml pyproject.toml
 
+# Training-heavy tests outside the default run: every kill point of both trainings, the
+# two-run determinism checks, the proxy-loss ablations, cross-validation of the runner.
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "slow or not slow"
 
 benchmark: $(STAMP)
 	$(PY) scripts/benchmark.py metrics

@@ -16,31 +16,13 @@ import fire
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run as `python scripts/demo.py` from anywhere
 
+from bundle.runner import bundle_run_command  # noqa: E402
 from bundle.synthetic import synthesize_dataset  # noqa: E402
-
-CONFIGS = REPO_ROOT / "configs"
 
 
 def bundle_run(configs: list[str], **overrides) -> None:
     """``python -m monai.bundle run`` on ``configs`` with ``--key value`` overrides; stop on failure."""
-    command = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        json.dumps([str(CONFIGS / c) for c in configs]),
-    ]
-    for key, value in overrides.items():
-        # fire reads booleans and None only in Python spelling ("false" would be a truthy string)
-        command += [
-            f"--{key}",
-            (
-                value
-                if isinstance(value, str)
-                else repr(value) if value is None or isinstance(value, bool) else json.dumps(value)
-            ),
-        ]
+    command = bundle_run_command(configs, **overrides)
     print(f"\n$ {' '.join(command)}", flush=True)
     subprocess.run(command, check=True, cwd=REPO_ROOT)
 

@@ -39,9 +39,9 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run as `python scripts/experiment.py` from anywhere
 
 from bundle.atomic import atomic_path  # noqa: E402
+from bundle.runner import bundle_run_command  # noqa: E402
 from bundle.scalars import read_scalars, tail_means  # noqa: E402
 
-CONFIGS = REPO_ROOT / "configs"
 # Each preset: overrides of pretrain.json and train.json, fine-tuning steps, and what it is for.
 PRESETS = {
     "paper": {
@@ -138,24 +138,7 @@ def _as_list(value, cast) -> list:
 
 def bundle_run(configs: list[str], log: Path, **overrides) -> None:
     """``python -m monai.bundle run`` with ``--key value`` overrides; output to ``log``; raise on failure."""
-    command = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        json.dumps([str(CONFIGS / c) for c in configs]),
-    ]
-    for key, value in overrides.items():
-        # fire reads booleans and None only in Python spelling ("false" would be a truthy string)
-        command += [
-            f"--{key}",
-            (
-                value
-                if isinstance(value, str)
-                else repr(value) if value is None or isinstance(value, bool) else json.dumps(value)
-            ),
-        ]
+    command = bundle_run_command(configs, **overrides)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "w") as handle:
         result = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO_ROOT)

@@ -43,6 +43,7 @@ def metric_lines(log: str) -> list[str]:
     return [line.split(METRICS_LINE, 1)[1].strip() for line in log.splitlines() if METRICS_LINE in line]
 
 
+@pytest.mark.slow
 def test_two_pretraining_runs_log_the_same_losses_and_end_equal(tmp_path, synthetic_dir):
     (log_a, state_a), (log_b, state_b) = two_runs(pretrain_workflow, tmp_path, synthetic_dir, max_epochs=3)
     losses = stats_lines(log_a)
@@ -52,6 +53,7 @@ def test_two_pretraining_runs_log_the_same_losses_and_end_equal(tmp_path, synthe
     assert_same_state(state_a, state_b)
 
 
+@pytest.mark.slow
 def test_two_finetuning_runs_log_the_same_losses_and_metrics_and_end_equal(tmp_path, prepared):
     (log_a, state_a), (log_b, state_b) = two_runs(finetune_workflow, tmp_path, prepared, max_epochs=2, val_interval=1)
     assert len(stats_lines(log_a)) == 2 * 2 and stats_lines(log_a) == stats_lines(log_b)

@@ -147,6 +147,7 @@ def test_report_lists_every_cell_with_its_thresholds_and_worst_tile(grid):
     )
 
 
+@pytest.mark.slow
 def test_cross_validation_pretrains_each_fold_on_its_own_training_tiles(tmp_path, synthetic_dir):
     args = [
         "run",

@@ -28,7 +28,8 @@ from bundle.data import DataFileError, read_aperio_xml, read_image, read_label, 
 from bundle.inference import SaveNucleiOutputsd, TileScreen
 from bundle.initialization import load_weights
 from bundle.networks import TripletEncoderNet, segmentation_unet
-from bundle_runner import bundle_command, single_thread_env
+from bundle.runner import bundle_run_command
+from bundle_runner import single_thread_env
 from conftest import REPO_ROOT
 from ignite.engine import Engine
 from monai.handlers import CheckpointLoader
@@ -386,7 +387,7 @@ def test_tile_inference_cli_reports_bad_tiles_and_writes_the_others(tmp_path):
     torch.save(
         {"network": segmentation_unet("resnet10", out_channels=3).state_dict()}, tmp_path / "models" / "model.pt"
     )
-    command = bundle_command(
+    command = bundle_run_command(
         ["inference.json"],
         bundle_root=str(tmp_path),
         dataset_dir=str(tiles),

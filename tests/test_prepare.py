@@ -1,6 +1,5 @@
-"""Splits, label fractions, datalists (bundle.datalist) and the prepare/summarize CLI."""
+"""Splits, label fractions, datalists (bundle.datalist), preparation (bundle.preparation) and its CLI."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -10,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from bundle import preparation
 from bundle.data import DataFileError, read_aperio_xml, read_image, read_label
 from bundle.datalist import (
     build_datalist,
@@ -24,10 +24,6 @@ from PIL import Image
 from skimage.draw import disk
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-PREPARE_SCRIPT = REPO_ROOT / "scripts" / "prepare.py"
-_spec = importlib.util.spec_from_file_location("prepare_script", PREPARE_SCRIPT)
-prepare_script = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(prepare_script)
 
 TILE_SHAPE = (40, 48)
 XML_TEXT = (
@@ -66,7 +62,7 @@ def make_monuseg_folder(folder: Path, n_tiles: int = 6, first_seed: int = 0) -> 
 def prepare_failure(capsys, **kwargs) -> str:
     """Run prepare expecting exit status 1; return what it printed to stderr."""
     with pytest.raises(SystemExit) as exit_info:
-        prepare_script.prepare(**kwargs)
+        preparation.prepare(**kwargs)
     assert exit_info.value.code == 1
     return capsys.readouterr().err
 
@@ -199,7 +195,7 @@ def test_pair_images_and_labels_refuses_a_missing_folder(tmp_path):
 def test_prepare_writes_normalised_tiles_labels_and_a_loadable_datalist(tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
     stems = make_monuseg_folder(src)
-    datalist_path = Path(prepare_script.prepare(str(src), str(out)))
+    datalist_path = Path(preparation.prepare(str(src), str(out)))
 
     assert datalist_path == out / "datalist.json"
     datalist = json.loads(datalist_path.read_text())
@@ -262,14 +258,14 @@ def test_prepare_warns_when_the_xml_used_and_the_mask_beside_it_disagree(tmp_pat
     with pytest.warns(
         UserWarning, match=r"TILE-00\.xml: 0 nuclei, but the mask beside it \(.*TILE-00\.png\) has 3; the XML is used"
     ):
-        prepare_script.prepare(src=str(src), out=str(out))
+        preparation.prepare(src=str(src), out=str(out))
 
 
 def test_prepare_allow_unlabelled_lists_them_apart(tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
     make_monuseg_folder(src)
     (src / "masks" / "TILE-03.png").unlink()
-    datalist = json.loads(Path(prepare_script.prepare(str(src), str(out), allow_unlabelled=True)).read_text())
+    datalist = json.loads(Path(preparation.prepare(str(src), str(out), allow_unlabelled=True)).read_text())
     assert datalist["unlabelled"] == [{"image": "images/TILE-03.tif"}]
     labelled = [item["image"] for item in datalist["training"] + datalist["validation"]]
     assert len(labelled) == 5 and "images/TILE-03.tif" not in labelled
@@ -287,7 +283,7 @@ def test_prepare_refuses_a_label_without_image_even_when_unlabelled_allowed(tmp_
 def test_prepare_reports_unreadable_files_and_removes_the_stale_datalist(tmp_path, capsys):
     src, out = tmp_path / "src", tmp_path / "out"
     make_monuseg_folder(src)
-    prepare_script.prepare(str(src), str(out))
+    preparation.prepare(str(src), str(out))
     (src / "images" / "TILE-02.tif").write_bytes(b"II*\x00garbage")
     (src / "masks" / "TILE-04.png").write_bytes(b"")
     capsys.readouterr()
@@ -308,7 +304,7 @@ def test_prepare_reports_image_and_label_of_different_sizes(tmp_path, capsys):
 def test_prepare_label_policy_picks_the_label_source(tmp_path, labels, sources):
     src = tmp_path / "src"
     make_monuseg_folder(src)
-    datalist = json.loads(Path(prepare_script.prepare(str(src), str(tmp_path / "out"), labels=labels)).read_text())
+    datalist = json.loads(Path(preparation.prepare(str(src), str(tmp_path / "out"), labels=labels)).read_text())
     assert {item["label_source"] for item in datalist["training"] + datalist["validation"]} == sources
 
 
@@ -324,7 +320,7 @@ def test_prepare_lists_test_src_under_test_and_refuses_shared_stems(tmp_path, ca
     make_monuseg_folder(src)
     test_stems = make_monuseg_folder(test_src, n_tiles=2, first_seed=50)
     out = tmp_path / "out"
-    datalist = json.loads(Path(prepare_script.prepare(str(src), str(out), test_src=str(test_src))).read_text())
+    datalist = json.loads(Path(preparation.prepare(str(src), str(out), test_src=str(test_src))).read_text())
     assert [item["image"] for item in datalist["test"]] == [f"images/{stem}.tif" for stem in test_stems]
     assert len(datalist["training"]) + len(datalist["validation"]) == 6
     assert all((out / "labels" / f"{stem}.tif").is_file() for stem in test_stems)
@@ -337,9 +333,9 @@ def test_prepare_lists_test_src_under_test_and_refuses_shared_stems(tmp_path, ca
 def test_prepare_rerun_replaces_outputs_and_leaves_no_temporary_files(tmp_path):
     src, out = tmp_path / "src", tmp_path / "out"
     make_monuseg_folder(src)
-    first = Path(prepare_script.prepare(str(src), str(out), seed=0)).read_text()
+    first = Path(preparation.prepare(str(src), str(out), seed=0)).read_text()
     make_tile(src, "TILE-02", seed=77)
-    second = Path(prepare_script.prepare(str(src), str(out), seed=1)).read_text()
+    second = Path(preparation.prepare(str(src), str(out), seed=1)).read_text()
     assert first != second
     image = read_image(out / "images" / "TILE-02.tif")
     np.testing.assert_array_equal(image, read_image(src / "images" / "TILE-02.tif"))
@@ -373,9 +369,9 @@ def test_summarize_prints_images_sizes_nuclei_and_mean_area(tmp_path, capsys):
     src, out = tmp_path / "src", tmp_path / "out"
     for seed, stem in enumerate(("A", "B", "C")):
         make_tile(src, stem, seed)
-    prepare_script.prepare(str(src), str(out))
+    preparation.prepare(str(src), str(out))
     capsys.readouterr()
-    prepare_script.summarize(str(out / "datalist.json"))
+    preparation.summarize(str(out / "datalist.json"))
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()}
 
     training = json.loads((out / "datalist.json").read_text())["training"]
@@ -392,7 +388,7 @@ def test_summarize_prints_images_sizes_nuclei_and_mean_area(tmp_path, capsys):
 @pytest.mark.filterwarnings("ignore:.*skipped 1 region:UserWarning")  # two XMLs hold a 2-vertex region
 def test_prepare_the_real_monuseg_training_set(monuseg_train, tmp_path, capsys):
     start = time.perf_counter()
-    datalist_path = Path(prepare_script.prepare(str(monuseg_train), str(tmp_path / "out")))
+    datalist_path = Path(preparation.prepare(str(monuseg_train), str(tmp_path / "out")))
     seconds = time.perf_counter() - start
     datalist = json.loads(datalist_path.read_text())
     items = datalist["training"] + datalist["validation"]

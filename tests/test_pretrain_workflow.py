@@ -8,7 +8,14 @@ from bundle_runner import TINY_PRETRAIN, run_bundle
 TINY = TINY_PRETRAIN
 
 
-@pytest.mark.parametrize("weights", [{}, {"w_cr": 0.0}, {"w_st": 0.0}], ids=["both", "lst_only", "lcr_only"])
+@pytest.mark.parametrize(
+    "weights",
+    [
+        pytest.param({}, id="both"),
+        pytest.param({"w_cr": 0.0}, id="lst_only", marks=pytest.mark.slow),
+        pytest.param({"w_st": 0.0}, id="lcr_only", marks=pytest.mark.slow),
+    ],
+)
 def test_two_iterations_write_encoder_checkpoint_and_logs(tmp_path, synthetic_dir, weights):
     result = run_bundle(
         ["pretrain.json"], cwd=tmp_path, bundle_root=str(tmp_path), dataset_dir=str(synthetic_dir), **TINY, **weights
@@ -23,6 +30,7 @@ def test_two_iterations_write_encoder_checkpoint_and_logs(tmp_path, synthetic_di
     assert list((tmp_path / "runs" / "pretrain").glob("events.out.tfevents.*"))
 
 
+@pytest.mark.slow
 def test_resumes_from_the_last_checkpoint(tmp_path, synthetic_dir):
     common = {"bundle_root": str(tmp_path), "dataset_dir": str(synthetic_dir), **TINY}
     assert run_bundle(["pretrain.json"], cwd=tmp_path, **common).returncode == 0

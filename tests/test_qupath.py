@@ -1,14 +1,13 @@
 """QuPath GeoJSON in: outlines drawn in QuPath become instance labels, under the rules of Aperio XML."""
 
-import importlib.util
 import json
 
 import numpy as np
 import pytest
 import tifffile
 from bundle.data import DataFileError, read_label, write_image
+from bundle.preparation import prepare
 from bundle.qupath import read_qupath_geojson
-from conftest import REPO_ROOT
 
 
 def square(x0, y0, x1, y1):
@@ -96,15 +95,12 @@ def test_broken_files_are_named_with_the_problem(tmp_path, text, problem):
 
 
 def test_prepare_takes_qupath_geojson_beside_each_image(tmp_path):
-    spec = importlib.util.spec_from_file_location("prepare_script", REPO_ROOT / "scripts" / "prepare.py")
-    prepare_script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(prepare_script)
     src, out = tmp_path / "src", tmp_path / "out"
     for index in range(3):
         write_image(src / "images" / f"tile{index}.tif", np.full((24, 24, 3), 200, np.uint8))
         (src / "annotations").mkdir(exist_ok=True)
         (src / "annotations" / f"tile{index}.geojson").write_text(json.dumps(QUPATH_EXPORT))
-    datalist = json.loads((tmp_path / prepare_script.prepare(src=str(src), out=str(out))).read_text())
+    datalist = json.loads((tmp_path / prepare(src=str(src), out=str(out))).read_text())
     items = datalist["training"] + datalist["validation"]
     assert len(items) == 3 and {item["label_source"] for item in items} == {"geojson"}
     for item in items:

@@ -121,6 +121,7 @@ def finetune_reference(tmp_path_factory, prepared) -> tuple[Workflow, str]:
 # ----------------------------------------------------------------------------- pretraining
 
 
+@pytest.mark.slow
 def test_pretraining_killed_after_its_first_checkpoint_resumes_to_the_same_weights(
     tmp_path, synthetic_dir, pretrain_reference
 ):
@@ -131,6 +132,7 @@ def test_pretraining_killed_after_its_first_checkpoint_resumes_to_the_same_weigh
     assert_resumed_like_reference(workflow, pretrain_reference, resumed_from=epochs[-1])
 
 
+@pytest.mark.slow
 def test_pretraining_killed_mid_checkpoint_write_resumes_from_the_previous_one(
     tmp_path, synthetic_dir, pretrain_reference
 ):
@@ -144,6 +146,7 @@ def test_pretraining_killed_mid_checkpoint_write_resumes_from_the_previous_one(
     assert_resumed_like_reference(workflow, pretrain_reference, resumed_from=2)
 
 
+@pytest.mark.slow
 def test_pretraining_killed_just_after_a_checkpoint_resumes_from_it(tmp_path, synthetic_dir, pretrain_reference):
     workflow = pretrain_workflow(tmp_path, synthetic_dir)
     status, log = workflow.run((hook_config(tmp_path, "kill_after_epoch(@train#trainer, epoch=3)"),))
@@ -183,6 +186,7 @@ def test_finetuning_killed_after_its_first_checkpoint_resumes_to_the_same_weight
     assert_resumed_like_reference(workflow, finetune_reference, resumed_from=epochs[-1])
 
 
+@pytest.mark.slow
 def test_finetuning_killed_mid_checkpoint_write_resumes_from_the_previous_one(tmp_path, prepared, finetune_reference):
     workflow = finetune_workflow(tmp_path, prepared)
     status, log = workflow.run((hook_config(tmp_path, "kill_mid_save(epoch=2)"),))
@@ -193,6 +197,7 @@ def test_finetuning_killed_mid_checkpoint_write_resumes_from_the_previous_one(tm
     assert_resumed_like_reference(workflow, finetune_reference, resumed_from=1)
 
 
+@pytest.mark.slow
 def test_finetuning_resume_keeps_the_best_model_of_the_earlier_run(tmp_path, prepared):
     """The training checkpoint stores the best-model tracker; a resumed run reloads it, so its
     first validation replaces ``models/model.pt`` only when it scores higher than the earlier best."""
@@ -218,6 +223,7 @@ def test_finetuning_resume_keeps_the_best_model_of_the_earlier_run(tmp_path, pre
 # ----------------------------------------------------------------------------- loader workers
 
 
+@pytest.mark.slow
 def test_pretraining_with_two_fresh_workers_per_epoch_resumes_exactly(tmp_path, synthetic_dir):
     """With ``persistent_workers`` off, workers are re-created and re-seeded every epoch from
     the torch state EpochSeeder sets, so a resume is exact with workers too (4 epochs, killed after 2)."""
@@ -235,6 +241,7 @@ def test_pretraining_with_two_fresh_workers_per_epoch_resumes_exactly(tmp_path, 
     assert_resumed_like_reference(resumed, (straight, straight_log), resumed_from=2)
 
 
+@pytest.mark.slow
 def test_resume_false_starts_over(tmp_path, synthetic_dir):
     """``--resume False`` (fire's spelling; ``false`` would be a truthy string) ignores the checkpoints."""
     workflow = pretrain_workflow(tmp_path, synthetic_dir)

@@ -8,7 +8,8 @@ import zipfile
 from pathlib import Path
 
 import torch
-from bundle_runner import bundle_command, single_thread_env
+from bundle.runner import bundle_run_command
+from bundle_runner import single_thread_env
 
 TESTS_DIR = Path(__file__).resolve().parent
 PRETRAIN = {
@@ -50,7 +51,7 @@ class Workflow:
         self.runs = 0
 
     def command(self, extra_configs: tuple[str, ...] = ()) -> list[str]:
-        return bundle_command([*self.configs, *extra_configs], **self.overrides)
+        return bundle_run_command([*self.configs, *extra_configs], **self.overrides)
 
     def start(self, extra_configs: tuple[str, ...] = ()) -> tuple[subprocess.Popen, Path]:
         """Start a run in the background; its stdout and stderr go to ``root/run<N>.log``."""
