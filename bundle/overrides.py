@@ -53,7 +53,7 @@ PARAMETER_DOCS = {
     "mpp": "microns per pixel (slides: read from the slide when not given): measurements in µm, TIFF resolution",
     "num_workers": "data-loader worker processes",
     "output_dir": "where outputs are written",
-    "overwrite": "replace another model's outputs in --output_dir",
+    "overwrite": "tiles: replace another model's outputs in --output_dir; slides: redo finished slides",
     "resume": "resume from the newest complete checkpoint (False: start over, older checkpoints set aside)",
     "roi_size": "sliding-window side in pixels",
     "sections": "datalist sections to run on, e.g. ['validation']",

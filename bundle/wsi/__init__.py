@@ -2,7 +2,8 @@
 
 Modules: :mod:`~bundle.wsi.slide` (open, levels, read regions), :mod:`~bundle.wsi.tissue`
 (tissue mask), :mod:`~bundle.wsi.tiling` (tile grid and the stitching rule),
-:mod:`~bundle.wsi.segment` (segment a slide, write its outputs, network adapter) and
+:mod:`~bundle.wsi.segment` (segment a slide, write its outputs), :mod:`~bundle.wsi.cohort`
+(slides over several processes, the run's summary) and
 :mod:`~bundle.wsi.sampling` (pretraining tiles). The names configs and tests use are
 re-exported here, so ``bundle.wsi.X`` keeps working.
 

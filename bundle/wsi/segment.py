@@ -13,6 +13,7 @@ import csv
 import json
 import logging
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import ExitStack
 from pathlib import Path
@@ -22,6 +23,7 @@ from bundle.atomic import atomic_path
 from bundle.data import DataFileError, stem_of, write_image
 from bundle.targets import as_label_map
 from bundle.writers import NUCLEUS_COLUMNS, NUCLEUS_RGB, density_overlay, nuclei_geojson, nucleus_table
+from bundle.wsi.cohort import process_rank, share_of_rank, write_cohort_summary
 from bundle.wsi.slide import level_downsample, level_mpp, level_shape, opened_slide, read_region
 from bundle.wsi.tiling import check_tiling, owned_nuclei, tile_core, tile_grid, tile_window
 from bundle.wsi.tissue import slide_thumbnail, tissue_mask_from_rgb
@@ -202,7 +204,8 @@ def segment_slide(
     - mpp: microns per level-0 pixel for the GeoJSON measurements; None: read from the slide,
       and measurements stay in pixels when the slide does not say.
 
-    Returns ``{"slide", "tiles", "tiles_total", "nuclei", **output paths}``.
+    Returns ``{"slide", "tiles", "tiles_total", "nuclei", "tissue_area_px", "tissue_area_mm2"
+    (None without mpp), **output paths}``.
     """
     check_tiling(tile_size, overlap)
     with opened_slide(path, backend) as (reader, wsi):
@@ -222,7 +225,15 @@ def segment_slide(
                 owned = owned_nuclei(instances, window, tile_core(origin, shape, tile_size, overlap), shape)
                 outputs.add(rgb, owned, origin, downsample)
     logger.info("%s: %d nuclei -> %s", path, outputs.count, paths["geojson"])
-    counts = {"slide": str(path), "tiles": len(origins), "tiles_total": total, "nuclei": outputs.count}
+    tissue_px = float(mask.sum()) * thumb_downsample**2  # level-0 pixels
+    counts = {
+        "slide": str(path),
+        "tiles": len(origins),
+        "tiles_total": total,
+        "nuclei": outputs.count,
+        "tissue_area_px": tissue_px,
+        "tissue_area_mm2": None if mpp is None else tissue_px * (mpp / 1000.0) ** 2,
+    }
     return {**counts, **{name: str(output) for name, output in paths.items()}}
 
 
@@ -236,25 +247,58 @@ def _slide_mpp(reader, wsi) -> float | None:
 
 
 def segment_slides(
-    slides: Iterable[str | os.PathLike], predict_tile: PredictTile, output_dir: str | os.PathLike, **options
+    slides: Iterable[str | os.PathLike],
+    predict_tile: PredictTile,
+    output_dir: str | os.PathLike,
+    overwrite: bool = False,
+    **options,
 ) -> list[dict]:
-    """:func:`segment_slide` for each slide (``options`` passed on); an unreadable slide is logged and skipped.
+    """:func:`segment_slide` for this process's share of ``slides`` (``options`` passed on).
+
+    Under ``torch.distributed`` (e.g. ``torchrun`` with ``configs/multi_gpu_inference.json``)
+    rank ``r`` of ``n`` takes slides ``r, r + n, ...`` of the sorted list; alone, all of them.
+    A slide whose three outputs are all there is skipped unless ``overwrite`` (outputs appear
+    only when complete, so a killed run is finished by running it again). An unreadable slide
+    is logged and skipped. Rank 0 writes ``cohort_summary.json`` (:mod:`bundle.wsi.cohort`).
 
     Raises:
-        SystemExit: after the other slides, listing the slides that could not be read.
+        SystemExit: after the other slides, listing this process's slides that could not be read.
     """
-    summaries, failures, stems = [], {}, {}
+    slides = sorted(map(Path, slides))
+    stems: dict[str, Path] = {}
+    clashes = {}
     for slide in slides:
         stem = stem_of(slide).casefold()  # outputs are named after the stem, on file systems that may ignore case
-        try:
-            if stem in stems:
-                raise DataFileError(slide, f"same file stem as {stems[stem]}: their outputs would overwrite each other")
+        if stem in stems:
+            clashes[slide] = DataFileError(
+                slide, f"same file stem as {stems[stem]}: their outputs would overwrite each other"
+            )
+        else:
             stems[stem] = slide
-            summaries.append(segment_slide(slide, predict_tile, output_dir, **options))
+    rank, world_size = process_rank()
+    records, failures = [], {}
+    for slide in share_of_rank(slides, rank, world_size):
+        started = time.perf_counter()
+        try:
+            if slide in clashes:
+                raise clashes[slide]
+            if not overwrite and is_finished(output_dir, slide):
+                logger.info("%s: outputs already there, skipped (overwrite=True redoes it)", slide)
+                records.append({"slide": str(slide), "status": "skipped", "rank": rank})
+                continue
+            summary = segment_slide(slide, predict_tile, output_dir, **options)
+            records.append({**summary, "status": "done", "rank": rank, "seconds": time.perf_counter() - started})
         except DataFileError as error:
             failures[str(slide)] = str(error)
+            records.append({"slide": str(slide), "status": "failed", "rank": rank, "error": str(error)})
             logger.error("skipping slide: %s", error)
+    write_cohort_summary(output_dir, records, rank, world_size)
     if failures:
         listing = "\n".join(f"  {error}" for error in failures.values())
         raise SystemExit(f"{len(failures)} slide(s) could not be read and were skipped:\n{listing}")
-    return summaries
+    return [record for record in records if record["status"] == "done"]
+
+
+def is_finished(output_dir: str | os.PathLike, slide: str | os.PathLike) -> bool:
+    """Whether every output of ``slide`` is in ``output_dir`` (each appears only once complete)."""
+    return all(path.is_file() for path in slide_output_paths(output_dir, slide).values())
