@@ -66,7 +66,7 @@ _REGIONPROPS_COLUMNS = {
     "eccentricity": "eccentricity",
     "mean_hematoxylin": "intensity_mean",
 }
-_REGIONPROPS = ("label", "centroid", "area", "perimeter", "eccentricity", "intensity_mean", "bbox")
+_REGIONPROPS = ("label", "perimeter", "bbox")
 _INTEGER_COLUMNS = ("id", "area")
 
 
@@ -223,11 +223,13 @@ def nucleus_table(image_rgb: np.ndarray, instances: np.ndarray) -> list[dict]:
     ``perimeter`` (pixels, scikit-image's 4-connected estimate); ``eccentricity`` (0 circle,
     towards 1 elongated); ``mean_hematoxylin``: mean hematoxylin optical density within the
     nucleus (``rgb2hed`` channel 0); ``touches_edge``: 1 when the nucleus reaches the image's
-    border (it may be cut), else 0. Measured by ``regionprops_table`` in one call.
+    border (it may be cut), else 0. Perimeter and bounding box by ``regionprops_table``; the
+    rest, which scikit-image defines the same way, by :func:`_moment_columns`.
     """
     ids = as_label_map(instances)
     hematoxylin = rgb2hed(_checked_rgb(image_rgb, ids.shape))[..., 0]
-    table = regionprops_table(ids, intensity_image=hematoxylin, properties=_REGIONPROPS)
+    table = regionprops_table(ids, properties=_REGIONPROPS)
+    table.update(_moment_columns(ids, table["label"], hematoxylin))
     for centroid in ("centroid-0", "centroid-1"):
         table[centroid] = table[centroid] + QUPATH_PIXEL_CENTRE
     columns = {
@@ -242,6 +244,38 @@ def nucleus_table(image_rgb: np.ndarray, instances: np.ndarray) -> list[dict]:
         .tolist()
     )
     return [dict(zip(NUCLEUS_COLUMNS, values)) for values in zip(*columns.values())]
+
+
+def _moment_columns(ids: np.ndarray, labels: np.ndarray, intensity: np.ndarray) -> dict[str, np.ndarray]:
+    """Area, centroid, eccentricity and mean ``intensity`` of each of ``labels`` in ``ids``, keyed as
+    ``regionprops_table`` keys them, with its definitions (eccentricity from the eigenvalues of
+    the pixel coordinates' covariance: ``sqrt(1 - l2 / l1)``, 0 when ``l1`` is 0).
+
+    Written here because ``regionprops`` computes moments region by region in Python;
+    ``np.bincount`` takes every nucleus in one pass over the foreground: the whole table of a
+    600-nucleus 1000x1000 tile takes 0.22 s instead of 0.91 s (2-core Xeon).
+    """
+    rows, cols = np.nonzero(ids)
+    owner = ids[rows, cols]
+    size = int(ids.max()) + 1
+
+    def mean(values: np.ndarray, area: np.ndarray) -> np.ndarray:
+        return np.bincount(owner, weights=values, minlength=size) / np.maximum(area, 1)
+
+    area = np.bincount(owner, minlength=size).astype(float)
+    row_mean, col_mean = mean(rows.astype(float), area), mean(cols.astype(float), area)
+    d_row, d_col = rows - row_mean[owner], cols - col_mean[owner]
+    var_row, var_col, covariance = mean(d_row * d_row, area), mean(d_col * d_col, area), mean(d_row * d_col, area)
+    half_sum, root = (var_row + var_col) / 2, np.sqrt(((var_row - var_col) / 2) ** 2 + covariance**2)
+    large, small = half_sum + root, np.maximum(half_sum - root, 0.0)
+    eccentricity = np.sqrt(1.0 - np.divide(small, large, out=np.ones_like(large), where=large > 0))
+    return {
+        "area": area[labels],
+        "centroid-0": row_mean[labels],
+        "centroid-1": col_mean[labels],
+        "eccentricity": eccentricity[labels],
+        "intensity_mean": mean(intensity[rows, cols], area)[labels],
+    }
 
 
 # ----------------------------------------------------------------------------- files
@@ -280,14 +314,19 @@ def write_overlay_png(
     path = Path(path)
     _require_suffix(path, (".png",), "an overlay")
     with _naming_errors(path), atomic_path(path) as tmp:
-        Image.fromarray(overlay_contours(image, instances, color)).save(tmp, format="PNG")
+        # zlib level 1: 0.24 s instead of 0.37 s for a 1000x1000 overlay, for a file ~10 % larger
+        Image.fromarray(overlay_contours(image, instances, color)).save(tmp, format="PNG", compress_level=1)
 
 
 def write_geojson(path: str | os.PathLike, geojson: dict) -> None:
-    """Write a GeoJSON dict (e.g. :func:`nuclei_geojson`) as strict JSON (NaN refused)."""
+    """Write a GeoJSON dict (e.g. :func:`nuclei_geojson`) as strict JSON (NaN refused).
+
+    ``json.dumps`` then one write: ``json.dump`` to a file takes the pure-Python encoder,
+    ~20x slower (0.4 s for a 600-nucleus tile).
+    """
     path = Path(path)
     with _naming_errors(path), atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as file:
-        json.dump(geojson, file, allow_nan=False)
+        file.write(json.dumps(geojson, allow_nan=False))
 
 
 def write_nuclei_csv(path: str | os.PathLike, rows: Sequence[dict]) -> None:

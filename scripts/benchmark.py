@@ -5,6 +5,7 @@
     python scripts/benchmark.py pretrain [--backbone resnet18 --crop_size 256 --batch 4]
     python scripts/benchmark.py finetune [--backbone resnet18 --crop_size 256 --batch 8]
     python scripts/benchmark.py soak [--tiles 500 --tile_size 512 --model models/model.pt]
+    python scripts/benchmark.py infer [--backbone resnet18 --repeats 2]
 
 ``metrics``: ``bundle.metrics.nuclei_metrics`` (all scores from one overlap table) against
 the per-nucleus AJI of ``bundle.metrics_reference`` on 1000x1000 label-map pairs with
@@ -40,6 +41,16 @@ is given. The resident set size (psutil when installed, else ``/proc/self/status
 VmRSS) is sampled every ``--block`` tiles; prints the RSS and the throughput of each block
 and the RSS growth from the end of the first block to the end (target <= 5 %). Outputs go
 to a temporary folder and are deleted block by block, so the disk use stays bounded.
+
+``infer``: where the time of tile inference goes, on one synthetic 1000x1000 tile with a
+ResNet-18 U-Net of random weights through :class:`bundle.predictor.NucleiPredictor`: the
+network (softmax included) as one whole-tile pass (one 1024 px window) and with sliding
+windows of several sizes, overlaps and batches, each as a ratio to the whole-tile pass;
+post-processing; each of the four writers (and the nucleus table they share) on the tile's
+~600 true nuclei, and their sum as a share of network + post-processing; the peak RSS growth
+of one default predictor call after a warm-up call, per tile pixel (sampled every 2 ms); and
+the slide area per hour of whole-slide inference (a 1536x1536 synthetic slide at 0.25 µm/px,
+1024 px tiles, overlap 128).
 """
 
 import json
@@ -54,8 +65,10 @@ from pathlib import Path
 
 import fire
 import numpy as np
+import tifffile
 import torch
 from monai.bundle import ConfigParser
+from monai.inferers import SlidingWindowInferer
 from monai.utils import set_determinism
 from PIL import Image
 from scipy import ndimage
@@ -70,8 +83,10 @@ from bundle.metrics_reference import aji_reference, perturb_instances, random_in
 from bundle.networks import TripletEncoderNet  # noqa: E402
 from bundle.networks import segmentation_unet  # noqa: E402
 from bundle.postprocess import ClassMapToInstances  # noqa: E402
+from bundle.predictor import NucleiPredictor  # noqa: E402
 from bundle.synthetic import synthesize_tile  # noqa: E402
 from bundle.targets import N_CLASSES, InstanceToClassMap  # noqa: E402
+from bundle.transforms import ScaleRGB  # noqa: E402
 from bundle.writers import nuclei_geojson, nucleus_table  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -449,7 +464,113 @@ def soak(
     print_soak_report(monitor, tiles, tile_size)
 
 
+INFER_WINDOWS = (  # (roi side px, overlap fraction, windows per batch); the first is the whole-tile pass
+    (1024, 0.0, 1),
+    (1024, 0.25, 2),  # configs/inference.json's default: one window for tiles up to 1024 px
+    (768, 0.25, 2),  # the default before version 0.4
+    (512, 0.125, 4),
+    (256, 0.25, 8),
+)
+DEFAULT_WINDOWS = INFER_WINDOWS[1]
+SLIDE_SIDE = 1536
+SLIDE_MPP = 0.25
+
+
+def _predictor(network: torch.nn.Module, roi: int, overlap: float, batch: int) -> NucleiPredictor:
+    inferer = SlidingWindowInferer((roi, roi), sw_batch_size=batch, overlap=overlap, mode="gaussian")
+    return NucleiPredictor(network, inferer, ClassMapToInstances())
+
+
+def _sampled_peak_growth_mib(function: Callable[[], object], interval_s: float = 0.002) -> float:
+    """Peak resident set size during one call minus the size before it, MiB (sampled every
+    ``interval_s`` by a thread, so a spike shorter than that can be missed)."""
+    import threading
+
+    before, peak, running = rss_mib()[0], [0.0], [True]
+
+    def sample() -> None:
+        while running[0]:
+            peak[0] = max(peak[0], rss_mib()[0])
+            time.sleep(interval_s)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        function()
+    finally:
+        running[0] = False
+        sampler.join()
+    return max(peak[0] - before, 0.0)
+
+
+def infer(backbone: str = "resnet18", repeats: int = 2) -> None:
+    """Time the network, post-processing and writers of tile inference, and slide area per second."""
+    from bundle.writers import write_geojson, write_instance_tiff, write_nuclei_csv, write_overlay_png
+    from bundle.wsi import segment_slide
+
+    set_determinism(seed=SEED)
+    image, label = synthesize_tile(SHAPE, SEED, density=NUCLEI_PER_MEGAPIXEL)
+    rgb = image.transpose(2, 0, 1)
+    network = segmentation_unet(backbone).eval()
+    default = _predictor(network, *DEFAULT_WINDOWS)
+    default(rgb)  # warm-up: allocator pools and library workspaces are not per-tile memory
+    peak_mib = _sampled_peak_growth_mib(lambda: default(rgb))
+    print(f"infer: {SHAPE[0]}x{SHAPE[1]} tile, {label.max()} nuclei, {backbone} (random weights), "
+          f"CPU {torch.get_num_threads()} thread(s); medians of {repeats} after a warm-up")  # fmt: skip
+    print(
+        f"peak RSS growth of one default call after a warm-up: {peak_mib:.0f} MiB = "
+        f"{peak_mib * 2**20 / label.size:.0f} bytes per tile pixel"
+    )
+    inputs = ScaleRGB()(rgb)[None]
+    network_s = {}
+    for roi, overlap, batch in INFER_WINDOWS:
+        predictor = _predictor(network, roi, overlap, batch)
+        network_s[roi, overlap, batch] = median_seconds(lambda: predictor.probabilities(inputs), repeats)
+    whole = network_s[INFER_WINDOWS[0]]
+    for (roi, overlap, batch), seconds in network_s.items():
+        print(
+            f"network roi {roi:4d} overlap {overlap:<6} batch {batch}: {seconds:6.2f} s = {seconds / whole:.2f}x one pass"
+        )
+    probabilities = default.probabilities(inputs)[0]
+    postprocess_s = median_seconds(lambda: default.instances_of(probabilities), repeats)
+    print(f"post-processing: {postprocess_s:.2f} s")
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        rows = nucleus_table(image, label)
+        writers = {
+            "nucleus table": lambda: nucleus_table(image, label),
+            "instance TIFF": lambda: write_instance_tiff(folder / "t_instances.tif", label),
+            "overlay PNG": lambda: write_overlay_png(folder / "t_overlay.png", image, label),
+            "GeoJSON": lambda: write_geojson(folder / "t.geojson", nuclei_geojson(label, rows=rows)),
+            "CSV": lambda: write_nuclei_csv(folder / "t_nuclei.csv", rows),
+        }
+        writer_s = {name: median_seconds(write, repeats) for name, write in writers.items()}
+        for name, seconds in writer_s.items():
+            print(f"writer {name:13s}: {seconds:.3f} s")
+        total = sum(writer_s.values())
+        default_s = network_s[DEFAULT_WINDOWS]
+        print(f"writers together: {total:.2f} s = {100 * total / (default_s + postprocess_s):.0f} % of network "
+              f"(default windows) + post-processing")  # fmt: skip
+        slide = folder / "slide.tif"
+        slide_rgb = synthesize_tile((SLIDE_SIDE, SLIDE_SIDE), SEED + 1, density=NUCLEI_PER_MEGAPIXEL)[0]
+        tifffile.imwrite(slide, slide_rgb, photometric="rgb", tile=(256, 256), resolution=(1e4 / SLIDE_MPP,) * 2,
+                         resolutionunit="CENTIMETER")  # fmt: skip
+        started = time.perf_counter()
+        summary = segment_slide(slide, default, folder / "slide_out", tile_size=1024, overlap=128)
+        seconds = time.perf_counter() - started
+        area_mm2 = SLIDE_SIDE**2 * (SLIDE_MPP / 1000) ** 2
+        print(f"slide {SLIDE_SIDE}x{SLIDE_SIDE} px at {SLIDE_MPP} µm/px ({area_mm2:.3f} mm², {summary['tiles']} tiles): "
+              f"{seconds:.1f} s = {area_mm2 / seconds * 3600:.2f} mm² per hour")  # fmt: skip
+
+
 if __name__ == "__main__":
     fire.Fire(
-        {"metrics": metrics, "postprocess": postprocess, "pretrain": pretrain, "finetune": finetune, "soak": soak}
+        {
+            "metrics": metrics,
+            "postprocess": postprocess,
+            "pretrain": pretrain,
+            "finetune": finetune,
+            "soak": soak,
+            "infer": infer,
+        }
     )

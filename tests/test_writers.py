@@ -24,6 +24,7 @@ from scipy import ndimage
 from skimage.color import rgb2hed
 from skimage.draw import disk, ellipse
 from skimage.draw import polygon as fill_polygon
+from skimage.measure import regionprops_table
 
 GREEN = (0, 255, 0)
 
@@ -206,6 +207,20 @@ def test_table_matches_bincount_areas_and_measurements():
     assert (square["centroid_x"], square["centroid_y"]) == pytest.approx((12.0, 33.0))
     assert square["mean_hematoxylin"] == pytest.approx(rgb2hed(image)[..., 0][label == 10].mean())
     assert all(0 <= row["eccentricity"] < 1 and row["perimeter"] > 0 for row in rows)
+
+
+def test_table_measures_as_regionprops_does():
+    image, label = synthesize_tile((160, 160), seed=4)
+    label[label == label.max()] = 0  # ids need not be contiguous
+    label[5, 5] = label.max() + 7  # a one-pixel nucleus: eccentricity 0
+    rows = nucleus_table(image, label)
+    reference = regionprops_table(
+        label, intensity_image=rgb2hed(image)[..., 0], properties=("label", "centroid", "area", "eccentricity")
+    )
+    assert [row["id"] for row in rows] == reference["label"].tolist()
+    np.testing.assert_allclose([row["eccentricity"] for row in rows], reference["eccentricity"], atol=1e-9)
+    np.testing.assert_allclose([row["centroid_y"] for row in rows], reference["centroid-0"] + 0.5)
+    assert [row["area"] for row in rows] == reference["area"].astype(int).tolist()
 
 
 def test_csv_has_header_and_one_row_per_nucleus(tmp_path):
