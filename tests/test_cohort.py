@@ -51,6 +51,7 @@ def test_a_rerun_skips_finished_slides_and_redoes_unfinished_ones(slide_dir, tmp
     assert [r["slide"] for r in done] == [str(slide_dir / f"{name}.tif") for name in SLIDES]
     totals = summary(tmp_path)["totals"]
     assert (totals["done"], totals["skipped"], totals["nuclei"]) == (3, 0, sum(r["nuclei"] for r in done))
+    assert not (tmp_path / ".cohort").exists()  # the per-rank records are merged and removed
 
     (tmp_path / "b_overview.png").unlink()  # as a run killed before b's outputs were all in place leaves it
     kept = (tmp_path / "a.geojson").stat().st_mtime_ns

@@ -59,3 +59,23 @@ def test_every_declared_tensor_states_its_value_range():
     formats = metadata["network_data_format"]
     tensors = {**formats["inputs"], **formats["outputs"]}
     assert tensors and all(len(tensor["value_range"]) == 2 for tensor in tensors.values()), tensors
+
+
+# Import name -> distribution name, where they differ.
+DISTRIBUTIONS = {"PIL": "pillow", "skimage": "scikit-image", "ignite": "pytorch-ignite"}
+
+
+def test_every_package_the_bundle_imports_is_in_the_metadata():
+    import ast
+
+    metadata = json.loads((REPO_ROOT / "configs" / "metadata.json").read_text())
+    listed = set(metadata["required_packages_version"]) | {"monai", "torch", "numpy"}
+    imported = set()
+    for path in (REPO_ROOT / "bundle").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    third_party = {DISTRIBUTIONS.get(name, name) for name in imported - set(sys.stdlib_module_names) - {"bundle"}}
+    assert third_party - listed == set()

@@ -3,13 +3,14 @@
 The processes are those of ``torch.distributed`` (``torchrun``, one or many nodes; gloo on
 CPUs, NCCL on GPUs); without a process group the run is one process of one. Each rank
 writes the records of its slides to ``<output_dir>/.cohort/rank<r>.json``; after a barrier
-rank 0 merges them into ``<output_dir>/cohort_summary.json``: per slide its status (done,
+rank 0 merges them into ``<output_dir>/cohort_summary.json`` and removes the folder: per slide its status (done,
 skipped, failed), nuclei, tissue area and seconds, and the totals.
 """
 
 import json
 import logging
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TypeVar
@@ -65,6 +66,7 @@ def write_cohort_summary(output_dir: str | os.PathLike, records: list[dict], ran
     summary = {"world_size": world_size, "totals": _totals(merged), "slides": merged}
     with atomic_path(Path(output_dir) / SUMMARY_NAME) as tmp:
         tmp.write_text(json.dumps(summary, indent=1))
+    shutil.rmtree(folder)  # every rank wrote before the barrier: the merged summary holds it all
     totals = summary["totals"]
     logger.info(
         "cohort: %d slides (%d done, %d skipped, %d failed) on %d process(es), %d nuclei, %.0f s -> %s",
