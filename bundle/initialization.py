@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 from bundle.checkpoints import CheckpointError, load_checkpoint
-from bundle.networks import segmentation_unet
 from monai.networks.nets import FlexibleUNet
 
 logger = logging.getLogger(__name__)
@@ -74,31 +73,28 @@ def load_encoder_weights(network: FlexibleUNet, path: str | Path, drop_prefixes:
     return len(state)
 
 
-def initialized_unet(
-    init: str = "ssl",
-    weights: str | Path | None = None,
-    backbone: str = "resnet101",
-    in_channels: int = 3,
-    out_channels: int = 3,
-    **kwargs,
-) -> FlexibleUNet:
-    """``FlexibleUNet`` whose encoder starts from ``init``; the decoder is always random.
+def initialize_encoder(network: FlexibleUNet, init: str = "ssl", weights: str | Path | None = None) -> FlexibleUNet:
+    """Start ``network``'s encoder from ``init`` (in place) and return the network; the decoder is left as it is.
 
-    - ``scratch``: random encoder (``weights`` must be None);
+    - ``scratch``: the encoder stays as built, random (``weights`` must be None);
     - ``ssl``: an encoder file written by ``configs/pretrain.json`` (``models/pretrained_encoder.pt``);
     - ``imagenet``: a torchvision ResNet state-dict file the user provides (its ``fc.*``
       classifier is dropped; MONAI's ResNet has torchvision's key names). Nothing is downloaded.
+
+    ``configs/train.json`` runs it as the first step of ``run``, so ``network_def`` is the
+    architecture only and evaluation or inference configs never need an encoder file.
     """
     if init not in INIT_MODES:
         raise ValueError(f"init must be one of {INIT_MODES}, got {init!r}")
-    network = segmentation_unet(backbone, in_channels, out_channels, **kwargs)
     if init == "scratch":
         if weights is not None:
             raise ValueError(f"init='scratch' takes no weights file, got {weights}")
-        logger.info("encoder '%s' initialised at random (scratch)", backbone)
+        logger.info("encoder '%s' initialised at random (scratch)", network.backbone)
         return network
     if weights is None:
         raise ValueError(f"init='{init}' needs a weights file")
     loaded = load_encoder_weights(network, weights, drop_prefixes=("fc.",) if init == "imagenet" else ())
-    logger.info("encoder '%s' initialised from %s weights %s: %d tensors matched", backbone, init, weights, loaded)
+    logger.info(
+        "encoder '%s' initialised from %s weights %s: %d tensors matched", network.backbone, init, weights, loaded
+    )
     return network

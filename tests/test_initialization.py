@@ -1,7 +1,7 @@
 import pytest
 import torch
-from bundle.initialization import describe_architecture, initialized_unet, load_weights
-from bundle.networks import TripletEncoderNet, build_encoder
+from bundle.initialization import describe_architecture, initialize_encoder, load_weights
+from bundle.networks import TripletEncoderNet, build_encoder, segmentation_unet
 
 
 @pytest.fixture
@@ -16,9 +16,9 @@ def encoder_file(tmp_path):
 def test_ssl_init_copies_every_encoder_tensor_and_leaves_decoder_random(encoder_file):
     path, state = encoder_file
     torch.manual_seed(2)
-    scratch = initialized_unet("scratch", backbone="resnet18")
+    scratch = initialize_encoder(segmentation_unet("resnet18"), "scratch")
     torch.manual_seed(2)
-    net = initialized_unet("ssl", path, backbone="resnet18")
+    net = initialize_encoder(segmentation_unet("resnet18"), "ssl", path)
     for name, tensor in net.encoder.state_dict().items():
         assert torch.equal(tensor, state[name]), name
     for (name, a), b in zip(net.decoder.state_dict().items(), scratch.decoder.state_dict().values()):
@@ -31,14 +31,14 @@ def test_imagenet_init_drops_the_classifier(tmp_path):
     state["fc.weight"], state["fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)
     path = tmp_path / "resnet18_imagenet.pth"
     torch.save(state, path)
-    net = initialized_unet("imagenet", path, backbone="resnet18")
+    net = initialize_encoder(segmentation_unet("resnet18"), "imagenet", path)
     assert torch.equal(net.encoder.conv1.weight, state["conv1.weight"])
 
 
 def test_other_backbone_is_an_error_naming_both(encoder_file):
     path, _ = encoder_file
     with pytest.raises(ValueError, match=r"pretrained_encoder\.pt.*resnet18.*'resnet34'"):
-        initialized_unet("ssl", path, backbone="resnet34")
+        initialize_encoder(segmentation_unet("resnet34"), "ssl", path)
 
 
 @pytest.mark.parametrize("name", ["resnet10", "resnet18", "resnet34", "resnet50", "resnet101"])
@@ -55,8 +55,8 @@ def test_pickled_objects_are_refused(tmp_path):
 
 def test_bad_modes_and_missing_files():
     with pytest.raises(ValueError, match="init must be one of"):
-        initialized_unet("random", backbone="resnet18")
+        initialize_encoder(segmentation_unet("resnet18"), "random")
     with pytest.raises(ValueError, match="needs a weights file"):
-        initialized_unet("ssl", None, backbone="resnet18")
+        initialize_encoder(segmentation_unet("resnet18"), "ssl", None)
     with pytest.raises(FileNotFoundError, match="nowhere.pt"):
-        initialized_unet("ssl", "/nowhere.pt", backbone="resnet18")
+        initialize_encoder(segmentation_unet("resnet18"), "ssl", "/nowhere.pt")

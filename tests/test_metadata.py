@@ -43,9 +43,7 @@ def test_networks_match_the_declared_inputs_and_outputs(tmp_path, configs):
         "--meta_file",
         str(REPO_ROOT / "configs" / "metadata.json"),
         "--config_file",
-        files,
-        "--init",
-        "scratch",
+        files,  # network_def is the architecture only: no encoder file needed, whatever init says
         "--device",
         "cpu",
         cwd=tmp_path,
