@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(VENV)/bin/black --check --quiet bundle scripts tests
 	$(VENV)/bin/isort --check-only --quiet bundle scripts tests
 	$(VENV)/bin/flake8 bundle scripts tests
-	$(VENV)/bin/pretty-format-json --no-sort-keys --indent=4 configs/*.json
+	$(VENV)/bin/pretty-format-json --no-sort-keys --indent=4 configs/*.json configs/presets/*.json
 	git ls-files -z '*.py' | xargs -0 $(VENV)/bin/check-docstring-first
 	$(TEXT_FILES) | xargs -0 $(VENV)/bin/trailing-whitespace-fixer
 	$(TEXT_FILES) | xargs -0 $(VENV)/bin/end-of-file-fixer

@@ -39,77 +39,13 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))  # run as `python scripts/experiment.py` from anywhere
 
 from bundle.atomic import atomic_path  # noqa: E402
-from bundle.runner import bundle_run_command  # noqa: E402
+from bundle.runner import CONFIGS_DIR, bundle_run_command  # noqa: E402
 from bundle.scalars import read_scalars, tail_means  # noqa: E402
 
-# Each preset: overrides of pretrain.json and train.json, fine-tuning steps, and what it is for.
-PRESETS = {
-    "paper": {
-        "about": "ResNet-101, batches of 16 crops of 512 px at 40x from 16 distinct tiles, 6000 steps with warm-up and "
-        "cosine decay; for GPUs",
-        "common": {"backbone": "resnet101", "num_workers": 8},
-        "evaluation": {"val_roi_size": 1024, "sw_batch_size": 1},
-        "pretrain": {
-            "crop_size": 768,
-            "batch_size": 4,
-            "triplets_per_epoch": 120,
-            "max_epochs": 100,
-            "checkpoint_interval": 10,
-        },
-        "train": {
-            "crop_size": 512,
-            "batch_size": 16,
-            "crops_per_tile": 1,
-            "epoch_steps": 100,
-            "learning_rate": 0.001,
-            "checkpoint_interval": 5,
-        },
-        "finetune_steps": 6000,
-        "validations": 10,
-    },
-    "cpu": {
-        "about": "ResNet-18, batches of 8 crops of 256 px at 40x from 8 distinct tiles, bfloat16 on CPUs that have it, "
-        "1600 steps with warm-up and cosine decay, whole-tile validation (1024 px window); "
-        "one fine-tuning cell takes 16-21 minutes on 2 CPU cores",
-        "common": {"backbone": "resnet18", "num_workers": 0},
-        "evaluation": {"val_roi_size": 1024, "sw_batch_size": 1},
-        "pretrain": {
-            "crop_size": 128,
-            "max_shift": 64,
-            "negative_sizes": [96, 64, 48, 32],
-            "batch_size": 4,
-            "triplets_per_epoch": 64,
-            "max_epochs": 16,
-            "checkpoint_interval": 4,
-            "learning_rate": 0.002,
-        },
-        "train": {
-            "crop_size": 256,
-            "batch_size": 8,
-            "crops_per_tile": 1,
-            "epoch_steps": 50,
-            "learning_rate": 0.001,
-            "checkpoint_interval": 4,
-        },
-        "finetune_steps": 1600,
-        "validations": 4,
-    },
-    "tiny": {
-        "about": "ResNet-10, 64 px crops, a few steps: for tests of the runner itself",
-        "common": {"backbone": "resnet10", "crop_size": 64, "num_workers": 0},
-        "evaluation": {"sw_batch_size": 4},
-        "pretrain": {
-            "max_shift": 16,
-            "negative_sizes": [48, 32],
-            "batch_size": 2,
-            "triplets_per_epoch": 4,
-            "max_epochs": 1,
-        },
-        "train": {"batch_size": 2, "crops_per_tile": 1, "epoch_steps": 1, "checkpoint_interval": 1000},
-        "finetune_steps": 2,
-        "validations": 1,
-    },
-}
+# Each preset (configs/presets/<name>.json): what it is for ("about"), overrides of both configs
+# ("common"), of evaluation ("evaluation"), of pretrain.json ("pretrain") and train.json ("train"),
+# fine-tuning steps and validations per cell. The GPU scripts and the tests name them too.
+PRESETS = {path.stem: json.loads(path.read_text()) for path in sorted((CONFIGS_DIR / "presets").glob("*.json"))}
 # How each initialisation is pretrained: extra config files and overrides of pretrain.json.
 PRETRAININGS = {
     "ssl": ([], {}),
