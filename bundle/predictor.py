@@ -6,7 +6,9 @@ TTA) -> softmax over the 3 classes -> ``instances`` (:class:`bundle.postprocess.
 with the thresholds stored beside the model). Tile inference (``configs/inference.json``,
 through :class:`ProbabilityInferer` and :class:`PredictedInstancesd` in its evaluator) and
 whole-slide inference (``configs/inference_wsi.json``, calling the predictor per slide tile)
-share one instance of it, so the two cannot disagree.
+share one instance of it, so the two cannot disagree. Validation, evaluation and threshold
+tuning (``configs/train.json``: ``validate#predictor``) run the same chain with validation's
+windows; the tuner takes its probabilities.
 """
 
 from collections.abc import Callable, Hashable, Mapping
