@@ -227,9 +227,9 @@ def nucleus_table(image_rgb: np.ndarray, instances: np.ndarray) -> list[dict]:
     rest, which scikit-image defines the same way, by :func:`_moment_columns`.
     """
     ids = as_label_map(instances)
-    hematoxylin = rgb2hed(_checked_rgb(image_rgb, ids.shape))[..., 0]
+    rgb = _checked_rgb(image_rgb, ids.shape)
     table = regionprops_table(ids, properties=_REGIONPROPS)
-    table.update(_moment_columns(ids, table["label"], hematoxylin))
+    table.update(_moment_columns(ids, table["label"], rgb))
     for centroid in ("centroid-0", "centroid-1"):
         table[centroid] = table[centroid] + QUPATH_PIXEL_CENTRE
     columns = {
@@ -246,14 +246,15 @@ def nucleus_table(image_rgb: np.ndarray, instances: np.ndarray) -> list[dict]:
     return [dict(zip(NUCLEUS_COLUMNS, values)) for values in zip(*columns.values())]
 
 
-def _moment_columns(ids: np.ndarray, labels: np.ndarray, intensity: np.ndarray) -> dict[str, np.ndarray]:
-    """Area, centroid, eccentricity and mean ``intensity`` of each of ``labels`` in ``ids``, keyed as
+def _moment_columns(ids: np.ndarray, labels: np.ndarray, rgb: np.ndarray) -> dict[str, np.ndarray]:
+    """Area, centroid, eccentricity and mean hematoxylin OD (``rgb2hed`` channel 0 of the (H, W, 3)
+    ``rgb``, converted at nucleus pixels only) of each of ``labels`` in ``ids``, keyed as
     ``regionprops_table`` keys them, with its definitions (eccentricity from the eigenvalues of
     the pixel coordinates' covariance: ``sqrt(1 - l2 / l1)``, 0 when ``l1`` is 0).
 
     Written here because ``regionprops`` computes moments region by region in Python;
     ``np.bincount`` takes every nucleus in one pass over the foreground: the whole table of a
-    600-nucleus 1000x1000 tile takes 0.22 s instead of 0.91 s (2-core Xeon).
+    600-nucleus 1000x1000 tile takes 0.18 s instead of 0.91 s (2-core AMD EPYC).
     """
     rows, cols = np.nonzero(ids)
     owner = ids[rows, cols]
@@ -274,7 +275,7 @@ def _moment_columns(ids: np.ndarray, labels: np.ndarray, intensity: np.ndarray) 
         "centroid-0": row_mean[labels],
         "centroid-1": col_mean[labels],
         "eccentricity": eccentricity[labels],
-        "intensity_mean": mean(intensity[rows, cols], area)[labels],
+        "intensity_mean": mean(rgb2hed(rgb[rows, cols])[:, 0], area)[labels],
     }
 
 
