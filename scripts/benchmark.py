@@ -42,6 +42,11 @@ VmRSS) is sampled every ``--block`` tiles; prints the RSS and the throughput of 
 and the RSS growth from the end of the first block to the end (target <= 5 %). Outputs go
 to a temporary folder and are deleted block by block, so the disk use stays bounded.
 
+``ceiling``: the AJI that perfect 3-class maps reach after post-processing, on labelled tiles
+(a prepared folder or datalist): the target made from the true instances at full resolution,
+and at ``1/--factor`` of it (ids taken every ``factor``-th pixel, boundary ``--boundary_width``),
+one-hot and bilinearly upsampled back: what training and predicting at 20x would cost at best.
+
 ``infer``: where the time of tile inference goes, on one synthetic 1000x1000 tile with a
 ResNet-18 U-Net of random weights through :class:`bundle.predictor.NucleiPredictor`: the
 network (softmax included) as one whole-tile pass (one 1024 px window) and with sliding
@@ -75,7 +80,7 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, so `bundle` imports when run as a script
 
-from bundle.data import write_image  # noqa: E402
+from bundle.data import read_label, write_image  # noqa: E402
 from bundle.inferers import CpuBf16Inferer, cpu_has_native_bf16  # noqa: E402
 from bundle.losses import InstanceAwareLoss  # noqa: E402
 from bundle.metrics import nuclei_metrics  # noqa: E402
@@ -193,6 +198,27 @@ def postprocess(repeats: int = 10) -> None:
     print(f"nuclei_geojson:      median {geojson_s * 1000:.1f} ms per tile ({repeats} repeats)")
     print(f"nucleus_table:       median {table_s * 1000:.1f} ms per tile ({repeats} repeats)")
     print(f"nuclei recovered: {instances.max()} of {label.max()}")
+
+
+def _perfect_map_aji(label: np.ndarray, factor: int, boundary_width: int) -> float:
+    """AJI of post-processing the one-hot 3-class target of ``label`` made at ``1/factor`` resolution."""
+    classes = InstanceToClassMap(boundary_width)(label[::factor, ::factor])[0]
+    one_hot = torch.nn.functional.one_hot(torch.as_tensor(classes, dtype=torch.long), N_CLASSES)
+    prob = torch.nn.functional.interpolate(
+        one_hot.permute(2, 0, 1)[None].float(), size=label.shape, mode="bilinear", align_corners=False
+    )
+    return nuclei_metrics(label, ClassMapToInstances()(prob[0].numpy())[0])["aji"]
+
+
+def ceiling(data: str, factor: int = 2, boundary_width: int = 1, sections: str = "training,validation") -> None:
+    """Mean and worst AJI of perfect maps post-processed, at full resolution and at 1/``factor``."""
+    datalist = Path(data) / "datalist.json" if Path(data).is_dir() else Path(data)
+    rows = [row for section in sections.split(",") for row in json.loads(datalist.read_text()).get(section, [])]
+    labels = [read_label(datalist.parent / row["label"]).astype(np.int32) for row in rows]
+    for scale, width in ((1, InstanceToClassMap().boundary_width), (factor, boundary_width)):
+        scores = [_perfect_map_aji(label, scale, width) for label in labels]
+        print(f"1/{scale} resolution, boundary {width} px: AJI mean {np.mean(scores):.4f}, "
+              f"worst {np.min(scores):.4f} over {len(scores)} tiles")  # fmt: skip
 
 
 def _synchronize(device: torch.device) -> None:
@@ -572,5 +598,6 @@ if __name__ == "__main__":
             "finetune": finetune,
             "soak": soak,
             "infer": infer,
+            "ceiling": ceiling,
         }
     )
