@@ -17,6 +17,7 @@ from bundle.writers import (
     write_nuclei_csv,
     write_overlay_png,
 )
+from bundle.wsi.cohort import process_rank, share_of_rank
 from monai.config import KeysCollection
 from monai.engines import SupervisedEvaluator
 from monai.transforms import MapTransform
@@ -59,9 +60,16 @@ class TileScreen:
         self.memory_bytes = memory_bytes if memory_bytes is not None else available_memory()
         self.failures: dict[str, str] = {}
 
-    def readable(self, items: list[dict], key: str = "image") -> list[dict]:
-        good, stems = [], {}
-        for item in items:
+    def readable(self, items: list[dict], key: str = "image", folder: OutputFolder | None = None) -> list[dict]:
+        """The items of this process's share that are readable and, with ``folder``, not finished there.
+
+        Under ``torch.distributed`` each rank takes its share of the tiles (tiles with the same
+        stem go to the same rank, so a clash is still found) and decodes only those.
+        """
+        rank, world_size = process_rank()
+        share = share_of_rank(items, rank, world_size, key=lambda item: stem_of(str(item[key])).casefold())
+        good, stems, finished = [], {}, 0
+        for item in share:
             path = str(item[key])
             stem = stem_of(path).casefold()  # Z.tif and z.TIF collide on case-insensitive file systems
             try:
@@ -69,6 +77,9 @@ class TileScreen:
                     raise DataFileError(
                         path, f"same file stem as {stems[stem]}: their outputs would overwrite each other"
                     )
+                if folder is not None and folder.finished(stem_of(path)):
+                    stems[stem], finished = path, finished + 1
+                    continue
                 height, width = read_image(path, self.max_pixels).shape[:2]
                 needed = height * width * INFERENCE_BYTES_PER_PIXEL
                 if needed > self.memory_bytes:
@@ -84,6 +95,11 @@ class TileScreen:
                 message = str(error) if str(error).startswith(path) else f"{path}: {error}"
                 self.failures[path] = message
                 logger.error("skipping tile: %s", message)
+        if finished:
+            logger.info("%d tile(s) already done by this model in %s: skipped (--overwrite True redoes them)",
+                        finished, folder.path)  # fmt: skip
+        if world_size > 1:
+            logger.info("rank %d of %d: %d of %d tile(s)", rank, world_size, len(share), len(items))
         return good
 
     def exit_status(self) -> None:

@@ -26,6 +26,12 @@ def test_every_item_goes_to_exactly_one_rank():
         share_of_rank(items, 3, 3)
 
 
+def test_items_with_the_same_key_go_to_the_same_rank_in_their_order():
+    items = ["a/x", "a/y", "b/x", "a/z", "b/y"]
+    shares = [share_of_rank(items, rank, 2, key=lambda item: item[-1]) for rank in range(2)]
+    assert shares == [["a/x", "b/x", "a/z"], ["a/y", "b/y"]]
+
+
 @pytest.fixture(scope="module")
 def slide_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cohort")
@@ -106,3 +112,39 @@ def test_two_processes_share_a_cohort_and_resume_it(slide_dir, tmp_path):
         str(slide_dir / "c.tif"): "done",
     }
     assert (out / "c.geojson").is_file()
+
+
+def test_two_processes_share_a_tile_folder_and_resume_it(slide_dir, tmp_path):
+    """The same for a folder of tiles (configs/inference.json): each tile is written once, by one
+    rank, into one manifest; a rerun redoes only the tile whose outputs are incomplete."""
+    torch.manual_seed(0)
+    torch.save(segmentation_unet("resnet10").state_dict(), tmp_path / "model.pt")
+    out = tmp_path / "out"
+    run = bundle_run_command(
+        ["inference.json", "multi_gpu_inference.json"],
+        bundle_root=str(tmp_path),
+        dataset_dir=str(slide_dir),
+        model_path=str(tmp_path / "model.pt"),
+        output_dir=str(out),
+        backbone="resnet10",
+        roi_size=128,
+        sw_batch_size=1,
+    )
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *run[1:]]
+
+    def tiles() -> dict:
+        result = subprocess.run(
+            command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=single_thread_env()
+        )
+        assert result.returncode == 0, result.stderr[-4000:]
+        assert not list(out.glob(".*"))  # no lock, journal or partial folder left
+        return json.loads((out / "manifest.json").read_text())
+
+    first = tiles()
+    assert {name: entry["rank"] for name, entry in first.items()} == {"a": 0, "b": 1, "c": 0}
+    kept = (out / "a.geojson").stat().st_mtime_ns
+    (out / "c_nuclei.csv").unlink()
+    second = tiles()
+    assert second["a"] == first["a"] and second["b"] == first["b"]  # not redone
+    assert second["c"]["rank"] == 0 and (out / "c_nuclei.csv").is_file()
+    assert (out / "a.geojson").stat().st_mtime_ns == kept

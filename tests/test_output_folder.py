@@ -15,6 +15,7 @@ from bundle.output_folder import LOCK_NAME, MANIFEST_NAME, OutputFolder
 from monai.data import DataLoader
 
 SUFFIXES = ("_instances.tif", "_overlay.png", ".geojson", "_nuclei.csv")
+JOURNAL = ".manifest-rank0.jsonl"
 
 
 def tile(name: str) -> dict:
@@ -86,6 +87,8 @@ def test_outputs_of_a_tile_appear_together_and_leftovers_of_a_killed_run_are_rem
     folder = OutputFolder(out, model)
     assert sorted(p.name for p in out.iterdir()) == [LOCK_NAME]
     SaveNucleiOutputsd(output_dir=out, folder=folder)(tile("a"))
+    assert sorted(p.name for p in out.iterdir()) == sorted([LOCK_NAME, JOURNAL, *(f"a{s}" for s in SUFFIXES)])
+    folder.close()  # the journal is merged into the manifest
     assert sorted(p.name for p in out.iterdir()) == sorted([LOCK_NAME, MANIFEST_NAME, *(f"a{s}" for s in SUFFIXES)])
     manifest = json.loads((out / MANIFEST_NAME).read_text())
     assert manifest["a"]["model"]["path"] == str(model.resolve()) and len(manifest["a"]["model"]["sha256"]) == 16
@@ -130,7 +133,42 @@ def test_a_folder_with_another_models_tiles_is_refused_unless_overwrite(tmp_path
     assert not (out / LOCK_NAME).exists()  # the refused run released its lock
     replacing = OutputFolder(out, other, overwrite=True)
     SaveNucleiOutputsd(output_dir=out, folder=replacing)(tile("a"))
+    replacing.close()
     assert json.loads((out / MANIFEST_NAME).read_text())["a"]["model"]["path"] == str(other.resolve())
+
+
+def test_a_rerun_knows_the_finished_tiles_from_a_killed_runs_journal(tmp_path, model, caplog):
+    """Each tile adds one journal line (the manifest is not rewritten per tile); a run killed before
+    ``close`` leaves the journal, cut mid-line, and the next run reads it."""
+    out = tmp_path / "out"
+    killed = OutputFolder(out, model)
+    for name in ("a", "b", "c"):
+        SaveNucleiOutputsd(output_dir=out, folder=killed)(tile(name))
+    assert not (out / MANIFEST_NAME).exists() and len((out / JOURNAL).read_text().splitlines()) == 3
+    (out / JOURNAL).write_text((out / JOURNAL).read_text() + '{"d": {"mod')  # killed while writing d's line
+    (out / "b_overlay.png").unlink()  # and b is incomplete
+    killed._unlock()
+
+    rerun = OutputFolder(out, model)
+    assert "ignoring an incomplete line" in caplog.text
+    assert [rerun.finished(name) for name in ("a", "b", "c", "d")] == [True, False, True, False]
+    assert not OutputFolder(out, model, overwrite=True).finished("a")  # overwrite redoes every tile
+    rerun.close()
+    assert sorted(json.loads((out / MANIFEST_NAME).read_text())) == ["a", "b", "c"]
+    assert not list(out.glob(".manifest-rank*.jsonl"))
+
+
+def test_the_screen_skips_tiles_finished_in_the_output_folder(tmp_path, model):
+    from bundle.data import write_image
+
+    for name in ("a", "b"):
+        write_image(tmp_path / f"{name}.tif", np.zeros((16, 16, 3), np.uint8))
+    items = [{"image": str(tmp_path / f"{name}.tif")} for name in ("a", "b")]
+    out = tmp_path / "out"
+    folder = OutputFolder(out, model)
+    SaveNucleiOutputsd(output_dir=out, folder=folder)(tile("a"))
+    assert TileScreen().readable(items, folder=folder) == items[1:]
+    assert TileScreen().readable(items) == items  # without a folder every tile runs
 
 
 def test_a_tile_needing_more_memory_than_available_is_skipped_naming_the_need(tmp_path):

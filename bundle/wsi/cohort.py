@@ -1,4 +1,4 @@
-"""Cohorts of slides over several processes: each rank's share, and one summary of the run.
+"""Cohorts of slides (or tiles) over several processes: each rank's share, and one summary of the run.
 
 The processes are those of ``torch.distributed`` (``torchrun``, one or many nodes; gloo on
 CPUs, NCCL on GPUs); without a process group the run is one process of one. Each rank
@@ -11,7 +11,7 @@ import json
 import logging
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -33,11 +33,26 @@ def process_rank() -> tuple[int, int]:
     return 0, 1
 
 
-def share_of_rank(items: Sequence[Item], rank: int, world_size: int) -> list[Item]:
-    """Items ``rank, rank + world_size, ...``: every item goes to exactly one rank, in turn."""
+def share_of_rank(
+    items: Sequence[Item], rank: int, world_size: int, key: Callable[[Item], Hashable] | None = None
+) -> list[Item]:
+    """Items ``rank, rank + world_size, ...``: every item goes to exactly one rank, in turn.
+
+    With ``key``, the distinct keys are dealt in turn instead (in order of first appearance),
+    so items with equal keys go to the same rank; the share keeps the order of ``items``.
+    """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank {rank} is outside a world of {world_size} processes")
-    return list(items[rank::world_size])
+    if key is None:
+        return list(items[rank::world_size])
+    mine = set(list(dict.fromkeys(key(item) for item in items))[rank::world_size])
+    return [item for item in items if key(item) in mine]
+
+
+def barrier() -> None:
+    """Wait for every rank (nothing to wait for without a process group)."""
+    if process_rank()[1] > 1:
+        dist.barrier()
 
 
 def _totals(records: list[dict]) -> dict:
