@@ -26,9 +26,17 @@ from monai.utils import convert_to_numpy
 logger = logging.getLogger(__name__)
 
 
-# Peak memory of tile inference per pixel (float logits and probabilities, post-processing
-# maps, writers), measured at about 116 bytes on large tiles (issue 12).
-INFERENCE_BYTES_PER_PIXEL = 116
+#: Memory of tile inference that does not grow with the tile: one window's network pass and
+#: post-processing (about 0.5 GB with a ResNet-18 and 1024 px windows; docs/benchmarks.md).
+INFERENCE_FIXED_BYTES = 2**30
+#: Memory per tile pixel beyond that: the tile as read, its ids, the writers (tiles larger than
+#: the window go through the slide grid); measured at about 23 bytes on 3000-6000 px tiles.
+INFERENCE_BYTES_PER_PIXEL = 32
+
+
+def tile_inference_bytes(height: int, width: int) -> int:
+    """About how much memory inference of a ``height`` x ``width`` tile needs, in bytes."""
+    return INFERENCE_FIXED_BYTES + height * width * INFERENCE_BYTES_PER_PIXEL
 
 
 def available_memory() -> int:
@@ -51,7 +59,7 @@ class TileScreen:
     ``x.png``, ``X.tif`` and ``x.TIF``) is skipped too: its outputs, named after the stem,
     would overwrite the other's. So is a tile whose inference would need more memory than
     ``memory_bytes`` (default: what the machine has available now) at
-    :data:`INFERENCE_BYTES_PER_PIXEL`. Call :meth:`exit_status` at the end of the run:
+    :func:`tile_inference_bytes`. Call :meth:`exit_status` at the end of the run:
     non-zero when any tile failed.
     """
 
@@ -81,7 +89,7 @@ class TileScreen:
                     stems[stem], finished = path, finished + 1
                     continue
                 height, width = read_image(path, self.max_pixels).shape[:2]
-                needed = height * width * INFERENCE_BYTES_PER_PIXEL
+                needed = tile_inference_bytes(height, width)
                 if needed > self.memory_bytes:
                     raise DataFileError(
                         path,
@@ -124,7 +132,7 @@ class SaveNucleiOutputsd(MapTransform):
     With ``folder``, the tile is recorded in its manifest. The GeoJSON carries each nucleus's
     measurements (:func:`bundle.writers.qupath_measurements`), in µm when ``mpp`` (microns
     per pixel) is given, which also sets the instance TIFF's resolution. Expects ``d[image_key]``
-    (3, H, W) float in [0, 1] and ``d[key]`` (1, H, W) instance ids.
+    (3, H, W) uint8 RGB as read (or the float network input in [0, 1]) and ``d[key]`` (1, H, W) instance ids.
     """
 
     def __init__(

@@ -6,7 +6,8 @@ TTA) -> softmax over the 3 classes -> ``instances`` (:class:`bundle.postprocess.
 with the thresholds stored beside the model). Tile inference (``configs/inference.json``,
 through :class:`ProbabilityInferer` and :class:`PredictedInstancesd` in its evaluator) and
 whole-slide inference (``configs/inference_wsi.json``, calling the predictor per slide tile)
-share one instance of it, so the two cannot disagree. Validation, evaluation and threshold
+share one instance of it, so the two cannot disagree; a tile larger than ``grid_tile_size`` goes
+through the same grid as a slide (:class:`InstancesInferer`). Validation, evaluation and threshold
 tuning (``configs/train.json``: ``validate#predictor``) run the same chain with validation's
 windows; the tuner takes its probabilities.
 """
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from bundle.targets import as_label_map
 from bundle.transforms import ScaleRGB
+from bundle.wsi.tiling import check_tiling, instances_by_grid
 from monai.config import KeysCollection
 from monai.inferers import Inferer
 from monai.transforms import MapTransform
@@ -32,6 +34,11 @@ class NucleiPredictor:
         instances: probabilities (3, H, W) -> ids, e.g. :class:`bundle.postprocess.ClassMapToInstances`.
         device: where the network runs.
         amp: autocast on ``device`` (float16 on CUDA).
+        grid_tile_size, grid_overlap: an image with a side longer than ``grid_tile_size`` px
+            goes through the slide grid (:func:`bundle.wsi.tiling.instances_by_grid`: windows
+            of that size overlapping by ``grid_overlap`` px, nuclei stitched), so that its memory
+            grows with its pixels by the ids map only, not by probabilities and post-processing maps.
+            None: every image in one pass.
     """
 
     def __init__(
@@ -41,9 +48,14 @@ class NucleiPredictor:
         instances: Callable,
         device: str | torch.device = "cpu",
         amp: bool = False,
+        grid_tile_size: int | None = None,
+        grid_overlap: int = 128,
     ):
         self.network, self.inferer, self.instances = network, inferer, instances
         self.device, self.amp = torch.device(device), amp
+        if grid_tile_size is not None:
+            check_tiling(grid_tile_size, grid_overlap)
+        self.grid_tile_size, self.grid_overlap = grid_tile_size, grid_overlap
         self.scale = ScaleRGB()
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
@@ -58,7 +70,15 @@ class NucleiPredictor:
         return as_label_map(self.instances(probabilities.cpu())).astype(np.int32)
 
     def __call__(self, rgb: np.ndarray | torch.Tensor) -> np.ndarray:
-        return self.instances_of(self.probabilities(self.scale(rgb)[None])[0])
+        """(3, H, W) uint8 RGB -> (H, W) int32 ids; an image larger than ``grid_tile_size`` by the grid,
+        scaled window by window (the whole image is never held as floats)."""
+
+        def one_pass(window: np.ndarray | torch.Tensor) -> np.ndarray:
+            return self.instances_of(self.probabilities(self.scale(window)[None])[0])
+
+        if self.grid_tile_size is None or max(rgb.shape[-2:]) <= self.grid_tile_size:
+            return one_pass(rgb)
+        return instances_by_grid(one_pass, rgb, self.grid_tile_size, self.grid_overlap)
 
 
 class ProbabilityInferer(Inferer):
@@ -70,6 +90,17 @@ class ProbabilityInferer(Inferer):
 
     def __call__(self, inputs: torch.Tensor, network: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
         return self.predictor.probabilities(inputs)
+
+
+class InstancesInferer(Inferer):
+    """A MONAI inferer giving ``predictor``'s nucleus ids, (N, 3, H, W) uint8 RGB -> (N, 1, H, W) int32,
+    for engines that write instances (tile inference): large tiles go through the predictor's grid."""
+
+    def __init__(self, predictor: NucleiPredictor):
+        self.predictor = predictor
+
+    def __call__(self, inputs: torch.Tensor, network: Any = None, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return torch.stack([torch.as_tensor(self.predictor(image))[None] for image in inputs])
 
 
 class PredictedInstancesd(MapTransform):

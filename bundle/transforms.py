@@ -66,8 +66,10 @@ class ScaleRGB(Transform):
 
     @staticmethod
     def inverse(image: np.ndarray | torch.Tensor) -> np.ndarray:
-        """(3, H, W) float in [0, 1] -> (H, W, 3) uint8 RGB, the tile as it was read (for writers)."""
+        """(3, H, W) float in [0, 1], or uint8 RGB as read -> (H, W, 3) uint8 RGB, the tile as it was read (for writers)."""
         values = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+        if values.dtype == np.uint8:
+            return values.transpose(1, 2, 0)
         return np.clip(np.rint(values * RGB_MAX), 0, RGB_MAX).astype(np.uint8).transpose(1, 2, 0)
 
 

@@ -53,8 +53,10 @@ network (softmax included) as one whole-tile pass (one 1024 px window) and with 
 windows of several sizes, overlaps and batches, each as a ratio to the whole-tile pass;
 post-processing; each of the four writers (and the nucleus table they share) on the tile's
 ~600 true nuclei, and their sum as a share of network + post-processing; the peak RSS growth
-of one default predictor call after a warm-up call, per tile pixel (sampled every 2 ms); and
-the slide area per hour of whole-slide inference (a 1536x1536 synthetic slide at 0.25 µm/px,
+of one default predictor call after a warm-up call, per tile pixel (sampled every 2 ms); the
+same for a ``--large_side`` tile (4000 px by default) with and without the slide grid
+(tiles larger than the window go through it), and for the four writers on its true nuclei;
+and the slide area per hour of whole-slide inference (a 1536x1536 synthetic slide at 0.25 µm/px,
 1024 px tiles, overlap 128).
 """
 
@@ -387,7 +389,7 @@ class SoakMonitor:
         self._start = time.perf_counter()
 
     def count_nuclei(self, engine) -> None:
-        self.nuclei += sum(int(item["instances"].max()) for item in engine.state.output)
+        self.nuclei += sum(int(item["pred"].max()) for item in engine.state.output)
 
     def sample(self, engine) -> None:
         rss, self.source = rss_mib()
@@ -502,9 +504,35 @@ SLIDE_SIDE = 1536
 SLIDE_MPP = 0.25
 
 
-def _predictor(network: torch.nn.Module, roi: int, overlap: float, batch: int) -> NucleiPredictor:
+def _predictor(network: torch.nn.Module, roi: int, overlap: float, batch: int, grid: bool = True) -> NucleiPredictor:
+    """The predictor of configs/inference.json with these windows (tiles larger than ``roi`` by the grid)."""
     inferer = SlidingWindowInferer((roi, roi), sw_batch_size=batch, overlap=overlap, mode="gaussian")
-    return NucleiPredictor(network, inferer, ClassMapToInstances())
+    return NucleiPredictor(network, inferer, ClassMapToInstances(), grid_tile_size=roi if grid else None)
+
+
+def _large_tile_memory(network: torch.nn.Module, side: int) -> None:
+    """Peak RSS growth per pixel of a ``side`` px tile: the predictor with and without the grid,
+    and the four writers on its true nuclei (after a warm-up on a small tile); the uint8 tile the
+    loader holds is 3 bytes per pixel more."""
+    from bundle.inference import SaveNucleiOutputsd
+
+    def sample(shape: tuple[int, int]) -> tuple[np.ndarray, dict]:
+        image, label = synthesize_tile(shape, SEED, density=NUCLEI_PER_MEGAPIXEL)
+        rgb = np.ascontiguousarray(image.transpose(2, 0, 1))
+        return rgb, {"image": torch.as_tensor(rgb), "image_path": "t.tif", "pred": torch.as_tensor(label)[None]}
+
+    rgb, large = sample((side, side))
+    pixels = side * side
+    for name, grid in (("one pass", False), ("slide grid", True)):
+        mib = _sampled_peak_growth_mib(lambda: _predictor(network, *DEFAULT_WINDOWS, grid=grid)(rgb))
+        print(f"{side}x{side} tile, predictor, {name:10s}: peak RSS growth {mib:.0f} MiB = "
+              f"{mib * 2**20 / pixels:.0f} bytes per pixel")  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        save = SaveNucleiOutputsd(keys="pred", output_dir=tmp)
+        save(sample((256, 256))[1])  # warm-up: codecs and libraries loaded once
+        mib = _sampled_peak_growth_mib(lambda: save(large))
+    print(f"{side}x{side} tile, the four writers ({int(large['pred'].max())} nuclei): peak RSS growth {mib:.0f} MiB = "
+          f"{mib * 2**20 / pixels:.0f} bytes per pixel")  # fmt: skip
 
 
 def _sampled_peak_growth_mib(function: Callable[[], object], interval_s: float = 0.002) -> float:
@@ -529,8 +557,9 @@ def _sampled_peak_growth_mib(function: Callable[[], object], interval_s: float =
     return max(peak[0] - before, 0.0)
 
 
-def infer(backbone: str = "resnet18", repeats: int = 2) -> None:
-    """Time the network, post-processing and writers of tile inference, and slide area per second."""
+def infer(backbone: str = "resnet18", repeats: int = 2, large_side: int = 4000) -> None:
+    """Time the network, post-processing and writers of tile inference, and slide area per second;
+    memory per pixel of a 1000x1000 tile and of a ``large_side`` one (0: not measured)."""
     from bundle.writers import write_geojson, write_instance_tiff, write_nuclei_csv, write_overlay_png
     from bundle.wsi import segment_slide
 
@@ -547,6 +576,8 @@ def infer(backbone: str = "resnet18", repeats: int = 2) -> None:
         f"peak RSS growth of one default call after a warm-up: {peak_mib:.0f} MiB = "
         f"{peak_mib * 2**20 / label.size:.0f} bytes per tile pixel"
     )
+    if large_side:
+        _large_tile_memory(network, large_side)
     inputs = ScaleRGB()(rgb)[None]
     network_s = {}
     for roi, overlap, batch in INFER_WINDOWS:

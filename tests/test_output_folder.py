@@ -177,10 +177,10 @@ def test_a_tile_needing_more_memory_than_available_is_skipped_naming_the_need(tm
     write_image(tmp_path / "big.tif", np.zeros((100, 200, 3), np.uint8))
     write_image(tmp_path / "small.tif", np.zeros((10, 20, 3), np.uint8))
     items = [{"image": str(tmp_path / name)} for name in ("big.tif", "small.tif")]
-    screen = TileScreen(memory_bytes=100 * 200 * inference.INFERENCE_BYTES_PER_PIXEL - 1)
+    screen = TileScreen(memory_bytes=inference.tile_inference_bytes(100, 200) - 1)
     assert screen.readable(items) == items[1:]
     assert screen.failures[str(tmp_path / "big.tif")].startswith(
-        f"{tmp_path / 'big.tif'}: 100x200 pixels need about 0.0 GiB for tile inference"
+        f"{tmp_path / 'big.tif'}: 100x200 pixels need about 1.0 GiB for tile inference"
     )
     assert "run configs/inference.json + configs/inference_wsi.json on it" in screen.failures[str(tmp_path / "big.tif")]
     assert TileScreen().memory_bytes > 2**20  # the machine's available memory by default

@@ -9,9 +9,10 @@ import tifffile
 import torch
 from bundle.networks import segmentation_unet
 from bundle.postprocess import ClassMapToInstances
-from bundle.predictor import NucleiPredictor, PredictedInstancesd, ProbabilityInferer
+from bundle.predictor import InstancesInferer, NucleiPredictor, PredictedInstancesd, ProbabilityInferer
 from bundle.synthetic import synthesize_tile
 from bundle.transforms import ScaleRGB, ScaleRGBd
+from bundle.wsi.tiling import instances_by_grid
 from bundle_runner import run_bundle
 from monai.inferers import SlidingWindowInferer
 
@@ -35,6 +36,7 @@ def test_the_image_contract_scales_uint8_to_unit_floats_and_back():
     assert scaled.dtype == torch.float32 and float(scaled.max()) <= 1.0
     assert torch.equal(scaled, torch.as_tensor(rgb).float() / 255)
     assert np.array_equal(ScaleRGB.inverse(scaled), rgb.transpose(1, 2, 0))
+    assert np.array_equal(ScaleRGB.inverse(torch.as_tensor(rgb)), rgb.transpose(1, 2, 0))  # uint8 as read: as is
     assert torch.equal(ScaleRGBd(keys="image")({"image": rgb, "other": 1})["image"], scaled)
 
 
@@ -52,7 +54,47 @@ def test_the_engine_adapters_give_what_the_predictor_gives(predictor):
     assert probabilities.shape == (1, 3, 96, 96) and torch.allclose(probabilities.sum(1), torch.ones(1, 96, 96))
     instances = PredictedInstancesd(predictor)({"pred": probabilities[0]})["instances"]
     assert instances.shape == (1, 96, 96) and np.array_equal(instances[0].numpy(), expected)
+    ids = InstancesInferer(predictor)(torch.as_tensor(np.stack([rgb, rgb])))
+    assert ids.shape == (2, 1, 96, 96) and ids.dtype == torch.int32 and np.array_equal(ids[1, 0].numpy(), expected)
     assert expected.max() >= 5  # the comparison is about nuclei, not an empty map
+
+
+def first_seen_order(ids: np.ndarray) -> np.ndarray:
+    """Instance ids renumbered in raster order of first appearance: equal partitions give equal maps."""
+    _, first, inverse = np.unique(ids, return_index=True, return_inverse=True)
+    rank = np.argsort(np.argsort(np.where(np.unique(ids) == 0, -1, first)))
+    return rank[inverse].reshape(ids.shape)
+
+
+class DarkIsBody(torch.nn.Module):
+    """A per-pixel stand-in network: dark pixels are nucleus body. Its output at a pixel does not
+    depend on the window, so one pass and the grid see the same probabilities."""
+
+    def forward(self, x):
+        darkness = 1.0 - x.mean(1, keepdim=True)
+        return torch.cat([-20 * (darkness - 0.45), 20 * (darkness - 0.45), torch.full_like(darkness, -5)], 1)
+
+
+def test_a_tile_larger_than_the_grid_window_gives_the_nuclei_of_one_pass():
+    rgb = synthesize_tile((700, 600), seed=4)[0].transpose(2, 0, 1)
+    windows = SlidingWindowInferer(roi_size=(256, 256), overlap=0.25)
+    one_pass = NucleiPredictor(DarkIsBody(), windows, ClassMapToInstances())(rgb)
+    by_grid = NucleiPredictor(DarkIsBody(), windows, ClassMapToInstances(), grid_tile_size=256, grid_overlap=96)(rgb)
+    assert one_pass.max() > 100 and by_grid.max() == one_pass.max()
+    assert np.array_equal(first_seen_order(by_grid), first_seen_order(one_pass))
+
+
+def test_the_grid_stitches_each_nucleus_once_from_the_window_that_owns_it():
+    seen = []
+
+    def predict_window(window):
+        seen.append(window.shape[1:])
+        return np.where(window[0] > 0, 7, 0)  # every window: one "nucleus" of all its foreground
+
+    image = np.zeros((1, 300, 300), np.uint8)
+    image[0, 140:160, 140:160] = 1  # one nucleus in the middle: in the cores of one window only
+    ids = instances_by_grid(predict_window, image, tile_size=200, overlap=100)
+    assert len(seen) == 4 and ids.max() == 1 and (ids == 1).sum() == 400
 
 
 def nuclei_rows(path) -> list[dict]:

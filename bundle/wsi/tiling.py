@@ -22,9 +22,11 @@ centroid test is exact: it compares integer coordinate sums, never rounded means
 """
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 from bundle.targets import as_label_map
+from skimage.segmentation import relabel_sequential
 
 # ----------------------------------------------------------------------------- tiling
 
@@ -150,3 +152,34 @@ def _ids_on_interior_edges(
     if window[3] < slide_shape[1]:
         edges.append(labels[:, -1])
     return np.unique(np.concatenate(edges)) if edges else np.zeros(0, np.int64)
+
+
+# ----------------------------------------------------------------------------- stitching in memory
+
+
+def instances_by_grid(
+    predict_window: Callable[[np.ndarray], np.ndarray], image: np.ndarray, tile_size: int, overlap: int
+) -> np.ndarray:
+    """(C, H, W) image -> (H, W) int32 nucleus ids, segmented window by window and stitched.
+
+    ``predict_window`` maps a (C, h, w) window to (h, w) ids. The windows are those of
+    :func:`tile_grid`; each nucleus comes from the window that owns it (:func:`owned_nuclei`),
+    ids 1..N in the order found. Where owned nuclei of two windows overlap (their segmentations
+    differ a little), the pixel keeps the first. Memory: the ids map plus one window's work.
+    """
+    shape = tuple(image.shape[-2:])
+    ids, count = np.zeros(shape, np.int32), 0
+    for origin in tile_grid(shape, tile_size, overlap):
+        window = r0, c0, r1, c1 = tile_window(origin, shape, tile_size)
+        owned = owned_nuclei(
+            predict_window(image[:, r0:r1, c0:c1]), window, tile_core(origin, shape, tile_size, overlap), shape
+        )
+        if owned.any():
+            owned = relabel_sequential(owned, offset=count + 1)[0]
+            count = int(owned.max())
+            region = ids[r0:r1, c0:c1]
+            free = (owned > 0) & (region == 0)
+            region[free] = owned[free]
+    if (np.bincount(ids.ravel(), minlength=count + 1)[1:] == 0).any():  # a nucleus lost every pixel to a neighbour
+        ids = relabel_sequential(ids)[0].astype(np.int32)
+    return ids
