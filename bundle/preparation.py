@@ -335,15 +335,31 @@ def _report_ignored(*inventories: Inventory | None) -> None:
         print(_listing("prepare: ignored (not an image or label suffix)", ignored), file=sys.stderr)
 
 
+class PreparationError(ValueError):
+    """``prepare`` refused its input: ``problems`` lists one line per bad file or setting.
+
+    Nothing was written that could be mistaken for a result: no datalist (an earlier one,
+    which could pair with rewritten tiles, is removed).
+    """
+
+    def __init__(self, problems: list[str], removed_datalist: Path | None = None):
+        super().__init__(problems, removed_datalist)
+        self.problems, self.removed_datalist = problems, removed_datalist
+
+    def __str__(self) -> str:
+        lines = [f"prepare: {len(self.problems)} problem(s); no datalist written.", *(f"- {m}" for m in self.problems)]
+        if self.removed_datalist is not None:
+            lines.append(f"prepare: removed the earlier {self.removed_datalist}, which could pair with rewritten tiles")
+        return "\n".join(lines)
+
+
 def _fail(messages: list[str], stale_datalist: Path | None = None) -> NoReturn:
-    """Print ``messages`` to stderr, remove ``stale_datalist`` when given, exit with status 1."""
-    print(f"prepare: {len(messages)} problem(s); no datalist written.", file=sys.stderr)
-    for message in messages:
-        print(f"- {message}", file=sys.stderr)
+    """Remove ``stale_datalist`` when it exists, and raise :class:`PreparationError` listing ``messages``."""
+    removed = None
     if stale_datalist is not None and stale_datalist.exists():
         stale_datalist.unlink()
-        print(f"prepare: removed the earlier {stale_datalist}, which could pair with rewritten tiles", file=sys.stderr)
-    raise SystemExit(1)
+        removed = stale_datalist
+    raise PreparationError(messages, removed)
 
 
 def _print_outcome(datalist: dict, path: Path) -> None:

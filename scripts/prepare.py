@@ -14,7 +14,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fire  # noqa: E402
-from bundle.preparation import prepare, summarize  # noqa: E402
+from bundle.preparation import PreparationError, prepare, summarize  # noqa: E402
 
 if __name__ == "__main__":
-    fire.Fire({"prepare": prepare, "summarize": summarize})
+    try:
+        fire.Fire({"prepare": prepare, "summarize": summarize})
+    except PreparationError as error:  # one line per problem, exit status 1, no traceback
+        print(error, file=sys.stderr)
+        raise SystemExit(1) from None

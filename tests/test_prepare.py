@@ -60,11 +60,11 @@ def make_monuseg_folder(folder: Path, n_tiles: int = 6, first_seed: int = 0) -> 
 
 
 def prepare_failure(capsys, **kwargs) -> str:
-    """Run prepare expecting exit status 1; return what it printed to stderr."""
-    with pytest.raises(SystemExit) as exit_info:
+    """Run prepare expecting it to refuse; return the problems it lists (what the script prints)."""
+    with pytest.raises(preparation.PreparationError) as refused:
         preparation.prepare(**kwargs)
-    assert exit_info.value.code == 1
-    return capsys.readouterr().err
+    assert refused.value.problems and str(refused.value).count("\n- ") == len(refused.value.problems)
+    return str(refused.value)
 
 
 # --------------------------------------------------------------------------- splits
