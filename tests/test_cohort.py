@@ -70,32 +70,47 @@ def test_a_rerun_skips_finished_slides_and_redoes_unfinished_ones(slide_dir, tmp
     assert len(again) == 3
 
 
-def test_two_processes_share_a_cohort_and_resume_it(slide_dir, tmp_path):
-    """torchrun, 2 gloo processes: each slide is segmented once, by one rank; a rerun redoes only
-    the slide whose outputs are incomplete."""
+def two_process_inference(configs: list[str], tmp_path, dataset_dir, **overrides):
+    """A function running ``configs`` under torchrun with 2 gloo processes on a seeded ResNet-10
+    (outputs in ``tmp_path/out``), asserting exit status 0; call it once per run."""
     torch.manual_seed(0)
     torch.save(segmentation_unet("resnet10").state_dict(), tmp_path / "model.pt")
-    out = tmp_path / "out"
     run = bundle_run_command(
-        ["inference.json", "inference_wsi.json", "multi_gpu_inference.json"],
+        configs,
         bundle_root=str(tmp_path),
-        dataset_dir=str(slide_dir),
+        dataset_dir=str(dataset_dir),
         model_path=str(tmp_path / "model.pt"),
-        output_dir=str(out),
+        output_dir=str(tmp_path / "out"),
         backbone="resnet10",
         roi_size=128,
         sw_batch_size=1,
-        tile_size=128,
-        overlap=32,
-        tissue_threshold=0.0,
+        **overrides,
     )
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *run[1:]]
 
-    def cohort() -> dict:
+    def run_once() -> None:
         result = subprocess.run(
             command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=single_thread_env()
         )
         assert result.returncode == 0, result.stderr[-4000:]
+
+    return run_once
+
+
+def test_two_processes_share_a_cohort_and_resume_it(slide_dir, tmp_path):
+    """torchrun, 2 gloo processes: each slide is segmented once, by one rank; a rerun redoes only
+    the slide whose outputs are incomplete."""
+    out, run = tmp_path / "out", two_process_inference(
+        ["inference.json", "inference_wsi.json", "multi_gpu_inference.json"],
+        tmp_path,
+        slide_dir,
+        tile_size=128,
+        overlap=32,
+        tissue_threshold=0.0,
+    )
+
+    def cohort() -> dict:
+        run()
         return summary(out)
 
     first = cohort()
@@ -117,26 +132,12 @@ def test_two_processes_share_a_cohort_and_resume_it(slide_dir, tmp_path):
 def test_two_processes_share_a_tile_folder_and_resume_it(slide_dir, tmp_path):
     """The same for a folder of tiles (configs/inference.json): each tile is written once, by one
     rank, into one manifest; a rerun redoes only the tile whose outputs are incomplete."""
-    torch.manual_seed(0)
-    torch.save(segmentation_unet("resnet10").state_dict(), tmp_path / "model.pt")
-    out = tmp_path / "out"
-    run = bundle_run_command(
-        ["inference.json", "multi_gpu_inference.json"],
-        bundle_root=str(tmp_path),
-        dataset_dir=str(slide_dir),
-        model_path=str(tmp_path / "model.pt"),
-        output_dir=str(out),
-        backbone="resnet10",
-        roi_size=128,
-        sw_batch_size=1,
+    out, run = tmp_path / "out", two_process_inference(
+        ["inference.json", "multi_gpu_inference.json"], tmp_path, slide_dir
     )
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", *run[1:]]
 
     def tiles() -> dict:
-        result = subprocess.run(
-            command, cwd=tmp_path, capture_output=True, text=True, timeout=600, env=single_thread_env()
-        )
-        assert result.returncode == 0, result.stderr[-4000:]
+        run()
         assert not list(out.glob(".*"))  # no lock, journal or partial folder left
         return json.loads((out / "manifest.json").read_text())
 
