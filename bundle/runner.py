@@ -8,8 +8,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-#: The bundle's configs/, beside the bundle/ package (repository and model-zoo layouts alike).
-CONFIGS_DIR = Path(__file__).resolve().parents[1] / "configs"
+#: The bundle root: the folder holding bundle/ and configs/ (repository and model-zoo layouts alike).
+REPO_ROOT = Path(__file__).resolve().parents[1]
+#: The bundle's configs/, beside the bundle/ package.
+CONFIGS_DIR = REPO_ROOT / "configs"
 
 
 def cli_value(value: Any) -> str:

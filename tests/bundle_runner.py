@@ -3,20 +3,11 @@
 import os
 import subprocess
 
+from bundle.presets import preset_overrides
 from bundle.runner import bundle_run_command
 
-# Tiny pretraining settings for workflow tests: 2 iterations of 2 triplets at 96 px.
-TINY_PRETRAIN = {
-    "backbone": "resnet10",
-    "crop_size": 96,
-    "max_shift": 32,
-    "negative_sizes": [64, 48, 32],
-    "batch_size": 2,
-    "triplets_per_epoch": 4,
-    "num_workers": 0,
-    "max_epochs": 1,
-    "log_every": 1,
-}
+#: Tiny pretraining settings for workflow tests: the tiny preset, one epoch of 2 iterations.
+TINY_PRETRAIN = {**preset_overrides("tiny", "pretrain"), "log_every": 1}
 
 
 def single_thread_env() -> dict[str, str]:

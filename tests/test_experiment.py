@@ -1,18 +1,17 @@
 """The experiment runner on a tiny grid: table shape, plot, and resume without rerunning cells."""
 
 import csv
-import importlib.util
 import json
 import subprocess
 import sys
 
 import pytest
+from bundle.experiment_report import schedule_changes
+from bundle.experiments import keep_settings
+from bundle.presets import PRESETS
 from conftest import REPO_ROOT
 
 RUNNER = [sys.executable, str(REPO_ROOT / "scripts" / "experiment.py")]
-_spec = importlib.util.spec_from_file_location("experiment_script", RUNNER[1])
-experiment = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(experiment)
 
 
 @pytest.fixture(scope="module")
@@ -89,12 +88,12 @@ def test_other_settings_in_the_same_folder_are_refused(grid):
 
 
 def test_report_names_what_a_grid_changed_from_its_preset(tmp_path):
-    schedule = json.loads(json.dumps(experiment.PRESETS["cpu"]))
-    assert experiment.schedule_changes("cpu", tmp_path) == ""  # no settings.json: the preset itself
+    schedule = json.loads(json.dumps(PRESETS["cpu"]))
+    assert schedule_changes("cpu", tmp_path) == ""  # no settings.json: the preset itself
     schedule["pretrain"]["negative_sizes"] = [112, 96]
     schedule["finetune_steps"] = 600
-    experiment.keep_settings(tmp_path, {"preset": "cpu", "schedule": schedule, "data": "d", "folds": 0})
-    assert experiment.schedule_changes("cpu", tmp_path) == "pretrain.negative_sizes = [112, 96]; finetune_steps = 600"
+    keep_settings(tmp_path, {"preset": "cpu", "schedule": schedule, "data": "d", "folds": 0})
+    assert schedule_changes("cpu", tmp_path) == "pretrain.negative_sizes = [112, 96]; finetune_steps = 600"
 
 
 def test_tail_means_average_the_last_quarter_of_each_series():

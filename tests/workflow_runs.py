@@ -8,29 +8,17 @@ import zipfile
 from pathlib import Path
 
 import torch
+from bundle.presets import preset_overrides
 from bundle.runner import bundle_run_command
 from bundle_runner import single_thread_env
 
 TESTS_DIR = Path(__file__).resolve().parent
-PRETRAIN = {
-    "backbone": "resnet10",
-    "crop_size": 64,
-    "max_shift": 16,
-    "negative_sizes": [48, 32],
-    "batch_size": 2,
-    "triplets_per_epoch": 4,  # 2 iterations per epoch
-    "num_workers": 0,
-    "max_epochs": 6,
-    "checkpoint_interval": 1,
-    "log_every": 1,
-}
+# The tiny preset (configs/presets/tiny.json), run long enough to kill and resume: 2
+# iterations per pretraining epoch (4 triplets, batches of 2); fine-tuning epochs over the 4
+# training tiles (train.json's own epoch_steps, not the preset's 1), 2 iterations each.
+PRETRAIN = {**preset_overrides("tiny", "pretrain"), "max_epochs": 6, "checkpoint_interval": 1, "log_every": 1}
 FINETUNE = {
-    "backbone": "resnet10",
-    "crop_size": 64,
-    "batch_size": 2,  # 4 training tiles: 2 iterations per epoch
-    "crops_per_tile": 1,
-    "num_workers": 0,
-    "sw_batch_size": 4,
+    **{key: value for key, value in preset_overrides("tiny", "train").items() if key != "epoch_steps"},
     "init": "scratch",
     "max_epochs": 4,
     "val_interval": 2,
