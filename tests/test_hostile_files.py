@@ -25,6 +25,7 @@ import tifffile
 import torch
 from bundle.checkpoints import CheckedCheckpointLoader, load_network_weights
 from bundle.data import DataFileError, read_aperio_xml, read_image, read_label, write_image, write_label
+from bundle.density import load_network
 from bundle.inference import SaveNucleiOutputsd, TileScreen
 from bundle.initialization import load_weights
 from bundle.networks import TripletEncoderNet, segmentation_unet
@@ -443,20 +444,11 @@ def pickled_checkpoint(tmp_path) -> tuple[Path, Path]:
     return path, marker
 
 
-def load_visualize_script():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("visualize_script", REPO_ROOT / "scripts" / "visualize.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_every_loader_we_own_refuses_a_pickled_object(pickled_checkpoint):
     path, marker = pickled_checkpoint
     loaders = {
         "bundle.initialization.load_weights": lambda: load_weights(path),
-        "scripts/visualize.py load_network": lambda: load_visualize_script().load_network(path),
+        "bundle.density load_network (scripts/visualize.py)": lambda: load_network(path),
         "bundle.checkpoints.load_network_weights": lambda: load_network_weights(TripletEncoderNet("resnet10"), path),
     }
     for name, load in loaders.items():

@@ -1,4 +1,4 @@
-"""scripts/visualize.py: count-head density maps (computation, CLI, errors)."""
+"""Count-head density maps: the computation (bundle/density.py), and scripts/visualize.py (figure, CLI, errors)."""
 
 import importlib.util
 import subprocess
@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from bundle import density
 from bundle.data import write_image
 from bundle.networks import TripletEncoderNet
 from bundle.synthetic import synthesize_tile
@@ -56,7 +57,7 @@ def random_crops(seed: int) -> tuple[np.ndarray, np.ndarray]:
 def test_density_maps_match_the_count_of_forward(net):
     positive, negative = random_crops(0)
     net.train()
-    map_pos, map_neg, f_pos, f_neg = visualize.density_maps(net, positive, negative)
+    map_pos, map_neg, f_pos, f_neg = density.density_maps(net, positive, negative)
     assert net.training, "density_maps must restore the training flag"
     assert map_pos.shape == map_neg.shape == (MAP_CROP, MAP_CROP)
     net.eval()
@@ -76,7 +77,7 @@ def test_density_maps_match_the_count_of_forward(net):
 def test_density_maps_refuse_crops_of_different_sizes(net):
     positive, _ = random_crops(1)
     with pytest.raises(ValueError, match="one size"):
-        visualize.density_maps(net, positive, positive[:, :32, :32])
+        density.density_maps(net, positive, positive[:, :32, :32])
 
 
 def test_cli_writes_a_png_with_a_row_pair_per_image(checkpoint, tiles, tmp_path):
@@ -139,13 +140,13 @@ def test_checkpoint_without_network_key(net, tmp_path):
     path = tmp_path / "checkpoint_epoch=1.pt"
     torch.save({"model": net.state_dict()}, path)
     with pytest.raises(ValueError, match=r"checkpoint_epoch=1\.pt: no 'network' entry"):
-        visualize.load_network(path)
+        density.load_network(path)
 
 
 def test_wrong_backbone_is_refused_and_the_right_one_inferred(checkpoint):
-    assert visualize.load_network(checkpoint).backbone == "resnet10"
+    assert density.load_network(checkpoint).backbone == "resnet10"
     with pytest.raises(ValueError, match="resnet10 encoder that does not load into a resnet18"):
-        visualize.load_network(checkpoint, backbone="resnet18")
+        density.load_network(checkpoint, backbone="resnet18")
 
 
 def test_image_smaller_than_the_crop_names_the_file(checkpoint, tiles, tmp_path):
