@@ -225,3 +225,18 @@ def test_the_loss_weights_boundaries_and_pools_dice_over_the_batch():
     loss = parser.get_parsed_content("loss")
     assert loss.cross_entropy.weight.tolist() == [1.0, 1.0, 2.0]
     assert loss.dice.batch is True
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.1])
+def test_the_encoder_learning_rate_is_a_multiple_of_the_decoders(scale):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(str(REPO_ROOT / "configs" / "train.json"))
+    parser.update({"backbone": "resnet10", "device": "$torch.device('cpu')", "encoder_lr_scale": scale})
+    optimizer = parser.get_parsed_content("optimizer")
+    network = parser.get_parsed_content("network")
+    encoder = {id(p) for p in network.encoder.parameters()}
+    rates = {(id(p) in encoder, group["lr"]) for group in optimizer.param_groups for p in group["params"]}
+    assert rates == {(True, 0.0003 * scale), (False, 0.0003)}
+    assert sum(len(group["params"]) for group in optimizer.param_groups) == len(list(network.parameters()))
