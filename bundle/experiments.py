@@ -209,11 +209,13 @@ def run(
     finetune_steps: int | None = None,
     pretrain_epochs: int | None = None,
     pretrain_overrides: dict | None = None,
+    train_overrides: dict | None = None,
 ) -> None:
     """Run (or resume) the grid, then write the report.
 
-    The three last options change a preset: fine-tuning steps, pretraining epochs, and any
-    other pretrain.json values (e.g. ``--pretrain_overrides '{"negative_sizes": [112, 96]}'``).
+    The four last options change a preset: fine-tuning steps, pretraining epochs, any other
+    pretrain.json values (e.g. ``--pretrain_overrides '{"negative_sizes": [112, 96]}'``) and
+    train.json values (e.g. ``--train_overrides '{"encoder_lr_scale": 0.1}'``).
     """
     started = time.time()
     spec = PRESETS[preset]
@@ -222,6 +224,8 @@ def run(
     if pretrain_epochs or pretrain_overrides:
         extra = {**(pretrain_overrides or {}), **({"max_epochs": pretrain_epochs} if pretrain_epochs else {})}
         spec = {**spec, "pretrain": {**spec["pretrain"], **extra}}
+    if train_overrides:
+        spec = {**spec, "train": {**spec["train"], **train_overrides}}
     out_dir = (REPO_ROOT / (out or f"experiments/{preset}")).resolve()
     init_list = _as_list(inits, str) + (["imagenet"] if imagenet_weights and "imagenet" not in str(inits) else [])
     unknown = [i for i in init_list if i not in LABELS]
