@@ -4,12 +4,12 @@
 (:class:`bundle.transforms.ScaleRGB`) -> ``inferer`` over ``network`` (sliding windows, flip
 TTA) -> softmax over the 3 classes -> ``instances`` (:class:`bundle.postprocess.ClassMapToInstances`
 with the thresholds stored beside the model). Tile inference (``configs/inference.json``,
-through :class:`ProbabilityInferer` and :class:`PredictedInstancesd` in its evaluator) and
-whole-slide inference (``configs/inference_wsi.json``, calling the predictor per slide tile)
-share one instance of it, so the two cannot disagree; a tile larger than ``grid_tile_size`` goes
-through the same grid as a slide (:class:`InstancesInferer`). Validation, evaluation and threshold
-tuning (``configs/train.json``: ``validate#predictor``) run the same chain with validation's
-windows; the tuner takes its probabilities.
+through :class:`InstancesInferer` in its evaluator) and whole-slide inference
+(``configs/inference_wsi.json``, calling the predictor per slide tile) share one instance of
+it, so the two cannot disagree; a tile larger than ``grid_tile_size`` goes through the same
+grid as a slide. Validation, evaluation and threshold tuning (``configs/train.json``:
+``validate#predictor``, through :class:`ProbabilityInferer` and :class:`PredictedInstancesd`)
+run the same chain with validation's windows; the tuner takes its probabilities.
 """
 
 from collections.abc import Callable, Hashable, Mapping
