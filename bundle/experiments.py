@@ -241,6 +241,8 @@ def run(
         for f in _as_list(fractions, float)
         for i in init_list
     ]
+    wall = out_dir / "wall.json"
+    earlier = json.loads(wall.read_text())["seconds"] if wall.is_file() else 0.0
     for number, (seed, fold, fraction, init) in enumerate(grid, 1):
         cell_name = f"{init}_f{round(fraction * 100)}_s{seed}" + (f"_fold{fold}" if folds else "")
         print(f"[{number}/{len(grid)}] {cell_name}", flush=True)
@@ -257,8 +259,7 @@ def run(
             fold if folds else None,
         )
         print(f"    AJI {summary['aji']:.4f} Dice {summary['dice']:.4f}", flush=True)
-    elapsed = json.loads((out_dir / "wall.json").read_text())["seconds"] if (out_dir / "wall.json").is_file() else 0.0
-    (out_dir / "wall.json").write_text(
-        json.dumps({"seconds": elapsed + time.time() - started, "command": " ".join(sys.argv)})
-    )
+        # after every cell, so that a grid stopped part-way still reports its command and time
+        with atomic_path(wall) as tmp:
+            tmp.write_text(json.dumps({"seconds": earlier + time.time() - started, "command": " ".join(sys.argv)}))
     report(preset, out, report_to, name)

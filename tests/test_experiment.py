@@ -67,6 +67,18 @@ def test_rerun_skips_finished_cells(grid):
     assert {path: path.stat().st_mtime_ns for path in logs} == before
 
 
+def test_a_grid_stopped_part_way_keeps_its_command_and_time(tmp_path, synthetic_dir):
+    # the second cell fails (no ImageNet weights file): the first cell's time and the command stay
+    args = ["run", "--preset", "tiny", "--data", str(synthetic_dir), "--out", str(tmp_path / "out")]
+    args += ["--inits", "scratch", "--imagenet_weights", str(tmp_path / "missing.pt"), "--fractions", "1.0"]
+    args += ["--seeds", "0", "--report_to", str(tmp_path / "docs")]
+    result = subprocess.run(RUNNER + args, capture_output=True, text=True, timeout=900)
+    assert result.returncode != 0 and "[2/2] imagenet_f100_s0" in result.stdout
+    wall = json.loads((tmp_path / "out" / "wall.json").read_text())
+    assert wall["command"].endswith(" ".join(args)) and wall["seconds"] > 0
+    assert (tmp_path / "out" / "cells" / "scratch_f100_s0" / "eval" / "metrics_summary.json").is_file()
+
+
 def test_unknown_initialisation_is_refused(tmp_path, synthetic_dir):
     result = subprocess.run(
         RUNNER + ["run", "--preset", "tiny", "--data", str(synthetic_dir), "--out", str(tmp_path), "--inits", "magic"],
