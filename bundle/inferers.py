@@ -11,11 +11,14 @@ FLIPS = ((), (2,), (3,), (2, 3))
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX), as oneDNN reports it."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    """Whether this CPU computes bfloat16 natively: AVX512-BF16 or AMX tiles.
+
+    oneDNN's own check (``torch.ops.mkldnn._is_mkldnn_bf16_supported``) is true on every
+    AVX-512 core, where bfloat16 is emulated and a fine-tuning step takes 1.9x the float32
+    step (docs/benchmarks.md), so the instruction sets are asked for directly.
+    """
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, probe, lambda: False)()) for probe in probes)
 
 
 class CpuBf16Inferer(Inferer):

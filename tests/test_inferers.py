@@ -67,3 +67,15 @@ def test_bf16_inferer_returns_float32_close_to_the_float32_pass():
     assert CpuBf16Inferer().enabled == cpu_has_native_bf16()
     with pytest.raises(ValueError, match="'auto'"):
         CpuBf16Inferer(enabled="yes")
+
+
+@pytest.mark.parametrize(
+    ("avx512_bf16", "amx", "expected"), [(False, False, False), (True, False, True), (False, True, True)]
+)
+def test_native_bf16_is_read_from_the_instruction_sets_not_from_onednn(monkeypatch, avx512_bf16, amx, expected):
+    # oneDNN says "supported" on any AVX-512 core, where bfloat16 is emulated and slower than float32.
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
+    assert cpu_has_native_bf16() is expected
+    assert CpuBf16Inferer().enabled is expected
