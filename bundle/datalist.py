@@ -62,12 +62,24 @@ def split_train_val(stems: Iterable[str], val_fraction: float = 0.2, seed: int =
     return shuffled[n_val:], sorted(shuffled[:n_val])
 
 
-def label_fraction_subset(train_items: Sequence, fraction: float) -> list:
-    """The first ``max(1, round(fraction * n))`` items (halves up): nested across fractions."""
+def label_fraction_subset(train_items: Sequence, fraction: float, seed: int | None = None) -> list:
+    """``max(1, round(fraction * n))`` of ``train_items`` (halves up), nested across fractions.
+
+    ``seed`` None takes the first items (the datalist's own seeded order, see
+    :func:`split_train_val`). An integer draws them with ``numpy.random.default_rng(seed)``:
+    the first items of one permutation, so subsets stay nested across fractions for one seed
+    and differ between seeds; they are returned in the list's order, so at fraction 1 the
+    list is unchanged.
+    """
     if not 0 < fraction <= 1:
         raise ValueError(f"label fraction must be in (0, 1], got {fraction}")
-    subset = list(train_items[: max(1, round_half_up(fraction * len(train_items)))])
-    logger.info("label fraction %g: %d of %d training items", fraction, len(subset), len(train_items))
+    size = max(1, round_half_up(fraction * len(train_items)))
+    if seed is None:
+        subset = list(train_items[:size])
+    else:
+        chosen = np.random.default_rng(seed).permutation(len(train_items))[:size]
+        subset = [train_items[i] for i in sorted(chosen)]
+    logger.info("label fraction %g: %d of %d training items (seed %s)", fraction, len(subset), len(train_items), seed)
     return subset
 
 

@@ -23,6 +23,10 @@ from bundle.experiment_report import report
 from bundle.presets import LABELS, PRESETS, PRETRAININGS
 from bundle.runner import REPO_ROOT, bundle_run_command
 
+#: How the cells choose their labelled tiles, recorded with a grid: a folder of cells chosen by
+#: an earlier rule (every fold's and seed's subset from one order) is not mixed with new ones.
+LABEL_SUBSETS = "drawn per seed from each fold's own order"
+
 
 def _as_list(value, cast) -> list:
     items = value.split(",") if isinstance(value, str) else list(value) if isinstance(value, (list, tuple)) else [value]
@@ -52,14 +56,21 @@ def prepared_dataset(data: Path, out: Path) -> Path:
 
 
 def fold_datalists(prepared: Path, out: Path, folds: int, seed: int = 0) -> list[Path]:
-    """K datalists over all labelled items (training + validation pooled): fold k validates on its share."""
+    """K datalists over all labelled items (training + validation pooled): fold k validates on its share.
+
+    Each fold's training list comes in its own seeded order (``default_rng([seed, fold])``):
+    in the pooled order the folds' lists share most positions, so the label subsets drawn
+    from them (:func:`bundle.datalist.label_fraction_subset`) would label the same tiles in
+    several folds.
+    """
     datalist = json.loads((prepared / "datalist.json").read_text())
     items = datalist["training"] + datalist["validation"]
     order = [items[i] for i in np.random.default_rng(seed).permutation(len(items))]
     paths = []
     for fold in range(folds):
         validation = [item for i, item in enumerate(order) if i % folds == fold]
-        training = [item for i, item in enumerate(order) if i % folds != fold]
+        held_in = [item for i, item in enumerate(order) if i % folds != fold]
+        training = [held_in[i] for i in np.random.default_rng([seed, fold]).permutation(len(held_in))]
         base = str(prepared.resolve())
 
         def absolute(rows: list[dict]) -> list[dict]:
@@ -164,6 +175,7 @@ def run_cell(
         **preset["train"],
         **finetune_schedule(preset),
         label_fraction=fraction,
+        label_subset_seed=seed,
         resume=True,
         **init_args,
     )
@@ -231,7 +243,16 @@ def run(
     unknown = [i for i in init_list if i not in LABELS]
     if unknown:
         raise SystemExit(f"unknown initialisations {unknown}; choose from {sorted(LABELS)}")
-    keep_settings(out_dir, {"preset": preset, "schedule": spec, "data": str(Path(data).resolve()), "folds": folds})
+    keep_settings(
+        out_dir,
+        {
+            "preset": preset,
+            "schedule": spec,
+            "data": str(Path(data).resolve()),
+            "folds": folds,
+            "label_subsets": LABEL_SUBSETS,
+        },
+    )
     dataset_dir = prepared_dataset(Path(data).resolve(), out_dir)
     datalists = fold_datalists(dataset_dir, out_dir, folds) if folds else [dataset_dir / "datalist.json"]
     grid = [

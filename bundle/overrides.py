@@ -30,7 +30,7 @@ POSITIVE = {
     "learning_rate",
     "sw_batch_size",
 }
-NON_NEGATIVE = {"num_workers", "weight_decay", "seed", "max_shift"}
+NON_NEGATIVE = {"num_workers", "weight_decay", "seed", "max_shift", "label_subset_seed"}
 UNIT_INTERVAL = {"label_fraction"}  # (0, 1]
 
 
@@ -48,6 +48,7 @@ PARAMETER_DOCS = {
     "init": "encoder initialisation: ssl, scratch or imagenet",
     "init_weights": "encoder weights file for --init ssl or imagenet",
     "label_fraction": "share of the labelled training tiles used, in (0, 1]",
+    "label_subset_seed": "None: the first tiles of the datalist's order; an integer: tiles drawn with that seed",
     "learning_rate": "peak learning rate",
     "max_epochs": "training epochs",
     "model_path": "the model file to write (training) or load (evaluation, inference)",

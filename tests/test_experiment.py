@@ -7,7 +7,8 @@ import sys
 
 import pytest
 from bundle.experiment_report import schedule_changes
-from bundle.experiments import keep_settings
+from bundle.datalist import label_fraction_subset
+from bundle.experiments import fold_datalists, keep_settings
 from bundle.presets import PRESETS
 from conftest import REPO_ROOT
 
@@ -106,6 +107,26 @@ def test_report_names_what_a_grid_changed_from_its_preset(tmp_path):
     schedule["finetune_steps"] = 600
     keep_settings(tmp_path, {"preset": "cpu", "schedule": schedule, "data": "d", "folds": 0})
     assert schedule_changes("cpu", tmp_path) == "pretrain.negative_sizes = [112, 96]; finetune_steps = 600"
+
+
+def test_folds_and_seeds_label_different_tiles_at_ten_percent(tmp_path):
+    stems = [f"tile{i:02d}" for i in range(30)]
+    prepared = tmp_path / "prepared"
+    prepared.mkdir()
+    rows = [{"image": f"images/{s}.tif", "label": f"labels/{s}.tif"} for s in stems]
+    (prepared / "datalist.json").write_text(json.dumps({"training": rows[:24], "validation": rows[24:]}))
+    folds = [json.loads(path.read_text()) for path in fold_datalists(prepared, tmp_path, 5)]
+    held_out = [item["image"] for fold in folds for item in fold["validation"]]
+    assert sorted(held_out) == sorted(f"{prepared.resolve()}/{row['image']}" for row in rows)
+    subsets = {
+        (fold, seed): frozenset(item["image"] for item in label_fraction_subset(datalist["training"], 0.1, seed=seed))
+        for fold, datalist in enumerate(folds)
+        for seed in range(3)
+    }
+    assert all(len(subset) == 2 for subset in subsets.values())
+    # the pooled order alone gave folds 2, 3 and 4 the same two labelled tiles
+    assert len(set(subsets.values())) == len(subsets)
+    assert len(frozenset().union(*subsets.values())) >= 20
 
 
 def test_tail_means_average_the_last_quarter_of_each_series():

@@ -111,6 +111,17 @@ def test_label_fractions_are_nested_with_rounded_sizes():
     assert label_fraction_subset(train[:3], 0.1) == train[:1]
 
 
+def test_seeded_label_fractions_are_nested_differ_by_seed_and_keep_the_list_order():
+    train, _ = split_train_val(STEMS, 0.2, seed=0)
+    by_seed = {seed: [label_fraction_subset(train, f, seed=seed) for f in (0.1, 0.3, 1.0)] for seed in range(4)}
+    for subsets in by_seed.values():
+        assert [len(s) for s in subsets] == [2, 7, 24]
+        assert set(subsets[0]) <= set(subsets[1]) and subsets[2] == train
+        assert all(s == sorted(s, key=train.index) for s in subsets)
+    assert len({tuple(subsets[1]) for subsets in by_seed.values()}) == 4
+    assert label_fraction_subset(train, 0.3, seed=2) == by_seed[2][1]  # the same seed draws the same tiles
+
+
 @pytest.mark.parametrize("fraction", [0.0, -0.1, 1.5])
 def test_label_fraction_outside_unit_interval_is_refused(fraction):
     with pytest.raises(ValueError, match="label fraction must be in"):
