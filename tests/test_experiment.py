@@ -6,8 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from bundle.experiment_report import schedule_changes
 from bundle.datalist import label_fraction_subset
+from bundle.experiment_report import schedule_changes
 from bundle.experiments import fold_datalists, keep_settings
 from bundle.presets import PRESETS
 from conftest import REPO_ROOT
