@@ -14,9 +14,8 @@ the boundary rim (see :mod:`bundle.targets` for how the rim is defined in the ta
    from the most confident body pixels outwards, so each rim pixel joins the seed whose
    flood reaches it first; on flat stretches (e.g. a one-hot map) the flood advances
    breadth-first, so a rim pixel goes to the geodesically nearest seed. Foreground without
-   a marker stays background, and filled holes go to the nucleus around them. With
-   ``split_depth`` > 0 the elevation is ``-(distance to the body's edge + P(body))``, so a
-   split body is divided along its neck;
+   a marker stays background, and filled holes go to the nucleus around them (a split body
+   is divided where the floods of its seeds meet);
 4. nuclei smaller than ``min_nucleus_area`` pixels removed, ids relabelled 1..N.
 
 MONAI's ``Watershed`` transform is a thin wrapper that expects (1, H, W) arrays and would
@@ -126,8 +125,8 @@ class ClassMapToInstances(Transform):
         seeds = connected_components(body > self.body_threshold, connectivity=self.connectivity).astype(np.int32)
         return remove_small_labels(seeds, self.min_marker_area)
 
-    def split_markers(self, seeds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(H, W) seed labels -> (seeds split at necks ``split_depth`` deep, distance to the seeds' edge).
+    def split_markers(self, seeds: np.ndarray) -> np.ndarray:
+        """(H, W) seed labels -> seed labels split at necks ``split_depth`` pixels deep.
 
         A seed whose every maximum is shallower than ``split_depth`` stays one seed."""
         distance = ndimage.distance_transform_edt(seeds > 0).astype(np.float32)
@@ -135,8 +134,7 @@ class ClassMapToInstances(Transform):
         has_peak = np.zeros(int(seeds.max()) + 1, dtype=bool)
         has_peak[seeds[peaks]] = True
         peaks |= (seeds > 0) & ~has_peak[seeds]
-        split = connected_components(peaks, connectivity=2).astype(np.int32)
-        return split, distance
+        return connected_components(peaks, connectivity=2).astype(np.int32)
 
     def mask(self, prob: np.ndarray, markers: np.ndarray) -> np.ndarray:
         """(H, W) bool: where nuclei may grow (foreground, seeds, and filled holes when asked)."""
@@ -147,10 +145,9 @@ class ClassMapToInstances(Transform):
         probabilities = as_probability_map(prob)
         markers = self.markers(probabilities[BODY])
         mask = self.mask(probabilities, markers)
-        elevation = -probabilities[BODY].astype(np.float32)
         if self.split_depth > 0:
-            markers, distance = self.split_markers(markers)
-            elevation -= distance
+            markers = self.split_markers(markers)
+        elevation = -probabilities[BODY].astype(np.float32)
         instances = watershed(elevation, markers, mask=mask, connectivity=self.connectivity)
         instances = remove_small_labels(instances.astype(np.int32), self.min_nucleus_area)
         instances = relabel_sequential(instances)[0].astype(np.int32)

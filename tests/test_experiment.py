@@ -57,6 +57,8 @@ def test_grid_writes_tables_and_plot(grid):
     assert row.startswith("| SSL (L_ST + L_CR) | 0 | ") and len(row.split("|")) == len(header.split("|"))
     assert (docs / "tiny.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "pretrain" / "ssl_s0" / "models" / "pretrained_encoder.pt").is_file()
+    # the cell's labelled tiles are drawn with its seed
+    assert "training items (seed 0)" in (out / "cells" / "scratch_f100_s0" / "train_log.txt").read_text()
 
 
 def test_rerun_skips_finished_cells(grid):
