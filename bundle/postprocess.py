@@ -4,18 +4,14 @@ Seeds are the confident nucleus bodies; a marker-controlled watershed grows them
 the boundary rim (see :mod:`bundle.targets` for how the rim is defined in the targets):
 
 1. markers: connected components of ``P(body) > body_threshold``, those smaller than
-   ``min_marker_area`` pixels dropped; with ``split_depth`` > 0, a component is split into
-   one marker per maximum of its distance transform that stands at least ``split_depth``
-   pixels above the neck joining it to the next (``skimage.morphology.h_maxima``), so bodies
-   that touch where the network missed the boundary between them seed two nuclei;
+   ``min_marker_area`` pixels dropped;
 2. mask: ``P(body) + P(boundary) > foreground_threshold``, plus the markers themselves, with
    holes (background pockets fully enclosed by foreground) filled when ``fill_holes``;
 3. watershed of the elevation ``-P(body)`` from the markers inside the mask: flooding goes
    from the most confident body pixels outwards, so each rim pixel joins the seed whose
    flood reaches it first; on flat stretches (e.g. a one-hot map) the flood advances
    breadth-first, so a rim pixel goes to the geodesically nearest seed. Foreground without
-   a marker stays background, and filled holes go to the nucleus around them (a split body
-   is divided where the floods of its seeds meet);
+   a marker stays background, and filled holes go to the nucleus around them;
 4. nuclei smaller than ``min_nucleus_area`` pixels removed, ids relabelled 1..N.
 
 MONAI's ``Watershed`` transform is a thin wrapper that expects (1, H, W) arrays and would
@@ -34,7 +30,6 @@ from monai.transforms import MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_numpy
 from scipy import ndimage
 from skimage.measure import label as connected_components
-from skimage.morphology import h_maxima
 from skimage.segmentation import relabel_sequential, watershed
 
 #: How far outside [0, 1] a probability may stray (rounding, float16) before the map is refused.
@@ -83,9 +78,6 @@ class ClassMapToInstances(Transform):
         fill_holes: fill background pockets enclosed by foreground before the watershed.
         connectivity: 1 (4-neighbours) or 2 (8-neighbours), for the seeds' connected
             components and for the watershed flood.
-        split_depth: in pixels; > 0 splits a seed at every neck this much narrower (in
-            distance to the body's edge) than the maxima on either side; 0 keeps one seed per
-            connected body component.
 
     Input: (3, H, W) float softmax probabilities (channels background, body, boundary),
     numpy or torch; class-index maps are refused (one-hot encode them first).
@@ -102,39 +94,23 @@ class ClassMapToInstances(Transform):
         min_nucleus_area: int = 30,
         fill_holes: bool = True,
         connectivity: int = 1,
-        split_depth: float = 0.0,
     ):
         for name, value in (("body_threshold", body_threshold), ("foreground_threshold", foreground_threshold)):
             if not 0.0 <= value < 1.0:
                 raise ValueError(f"{name} must be in [0, 1), got {value}")
-        for name, value in (
-            ("min_marker_area", min_marker_area),
-            ("min_nucleus_area", min_nucleus_area),
-            ("split_depth", split_depth),
-        ):
+        for name, value in (("min_marker_area", min_marker_area), ("min_nucleus_area", min_nucleus_area)):
             if value < 0:
                 raise ValueError(f"{name} must be >= 0 pixels, got {value}")
         if connectivity not in (1, 2):
             raise ValueError(f"connectivity must be 1 (4-neighbours) or 2 (8-neighbours), got {connectivity}")
         self.body_threshold, self.foreground_threshold = body_threshold, foreground_threshold
         self.min_marker_area, self.min_nucleus_area = min_marker_area, min_nucleus_area
-        self.fill_holes, self.connectivity, self.split_depth = fill_holes, connectivity, split_depth
+        self.fill_holes, self.connectivity = fill_holes, connectivity
 
     def markers(self, body: np.ndarray) -> np.ndarray:
         """(H, W) body probability -> (H, W) int32 seed labels (0 = no seed)."""
         seeds = connected_components(body > self.body_threshold, connectivity=self.connectivity).astype(np.int32)
         return remove_small_labels(seeds, self.min_marker_area)
-
-    def split_markers(self, seeds: np.ndarray) -> np.ndarray:
-        """(H, W) seed labels -> seed labels split at necks ``split_depth`` pixels deep.
-
-        A seed whose every maximum is shallower than ``split_depth`` stays one seed."""
-        distance = ndimage.distance_transform_edt(seeds > 0).astype(np.float32)
-        peaks = (h_maxima(distance, self.split_depth) > 0) & (seeds > 0)
-        has_peak = np.zeros(int(seeds.max()) + 1, dtype=bool)
-        has_peak[seeds[peaks]] = True
-        peaks |= (seeds > 0) & ~has_peak[seeds]
-        return connected_components(peaks, connectivity=2).astype(np.int32)
 
     def mask(self, prob: np.ndarray, markers: np.ndarray) -> np.ndarray:
         """(H, W) bool: where nuclei may grow (foreground, seeds, and filled holes when asked)."""
@@ -145,8 +121,6 @@ class ClassMapToInstances(Transform):
         probabilities = as_probability_map(prob)
         markers = self.markers(probabilities[BODY])
         mask = self.mask(probabilities, markers)
-        if self.split_depth > 0:
-            markers = self.split_markers(markers)
         elevation = -probabilities[BODY].astype(np.float32)
         instances = watershed(elevation, markers, mask=mask, connectivity=self.connectivity)
         instances = remove_small_labels(instances.astype(np.int32), self.min_nucleus_area)
@@ -177,7 +151,6 @@ class ClassMapToInstancesd(MapTransform):
         min_nucleus_area: int = 30,
         fill_holes: bool = True,
         connectivity: int = 1,
-        split_depth: float = 0.0,
         allow_missing_keys: bool = False,
     ):
         super().__init__(keys, allow_missing_keys)
@@ -185,13 +158,7 @@ class ClassMapToInstancesd(MapTransform):
             raise ValueError(f"output_key {output_key!r} needs exactly one input key, got {list(self.keys)}")
         self.output_key = output_key
         self.converter = ClassMapToInstances(
-            body_threshold,
-            foreground_threshold,
-            min_marker_area,
-            min_nucleus_area,
-            fill_holes,
-            connectivity,
-            split_depth,
+            body_threshold, foreground_threshold, min_marker_area, min_nucleus_area, fill_holes, connectivity
         )
 
     def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
@@ -202,15 +169,14 @@ class ClassMapToInstancesd(MapTransform):
 
 
 THRESHOLD_KEYS = ("body_threshold", "foreground_threshold")
-#: Settings in pixels (areas, and the neck depth of ``split_depth``).
-PIXEL_KEYS = ("min_marker_area", "min_nucleus_area", "split_depth")
+AREA_KEYS = ("min_marker_area", "min_nucleus_area")
 
 
 def stored_settings(path: str | Path) -> dict:
     """Post-processing settings stored with a model (``models/model.postprocess.json``); {} when absent.
 
     The file is written by :class:`bundle.tuning.ThresholdTuner`. Only the keys of
-    :class:`ClassMapToInstances` (thresholds, sizes in pixels) are returned; anything else in the file
+    :class:`ClassMapToInstances` (thresholds, areas) are returned; anything else in the file
     (how they were chosen) is left out.
 
     Raises:
@@ -225,7 +191,7 @@ def stored_settings(path: str | Path) -> dict:
         raise DataFileError(path, f"not a readable JSON file of post-processing settings ({error})") from None
     if not isinstance(content, dict):
         raise DataFileError(path, f"expected a JSON object of post-processing settings, got {type(content).__name__}")
-    settings = {key: content[key] for key in (*THRESHOLD_KEYS, *PIXEL_KEYS) if key in content}
+    settings = {key: content[key] for key in (*THRESHOLD_KEYS, *AREA_KEYS) if key in content}
     for key, value in settings.items():
         is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not is_number or not (0.0 <= value < 1.0 if key in THRESHOLD_KEYS else value >= 0):

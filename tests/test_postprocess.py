@@ -146,29 +146,6 @@ def test_dictionary_output_key_needs_one_key():
         ClassMapToInstancesd(keys=["a", "b"], output_key="instances")
 
 
-def body_only(body: np.ndarray) -> np.ndarray:
-    """(3, H, W) map with P(body) 0.9 on ``body`` and background elsewhere: no boundary was found."""
-    return probabilities(np.where(body, 0.1, 1.0), np.where(body, 0.9, 0.0))
-
-
-def test_split_depth_splits_touching_bodies_at_their_neck_and_keeps_lone_ones():
-    shape = (60, 110)
-    left, right = np.zeros(shape, bool), np.zeros(shape, bool)
-    left[disk((30, 30), 14, shape=shape)] = True
-    right[disk((30, 55), 14, shape=shape)] = True
-    small = np.zeros(shape, bool)
-    small[disk((8, 100), 3, shape=shape)] = True  # shallower than the split depth: stays one nucleus
-    lone = np.zeros(shape, bool)
-    lone[disk((45, 95), 10, shape=shape)] = True
-    prob = body_only(left | right | small | lone)
-    assert ClassMapToInstances(min_marker_area=1, min_nucleus_area=1)(prob)[0].max() == 3  # the pair merges
-    instances = ClassMapToInstances(min_marker_area=1, min_nucleus_area=1, split_depth=3)(prob)[0]
-    assert instances.max() == 4
-    for disc in (left, right, small, lone):
-        ids, counts = np.unique(instances[disc], return_counts=True)
-        assert ids[np.argmax(counts)] > 0 and counts.max() >= 0.85 * disc.sum()
-
-
 @pytest.mark.parametrize(
     "prob, message",
     [
@@ -189,7 +166,6 @@ def test_bad_maps_are_refused(prob, message):
         ({"body_threshold": 1.0}, "body_threshold"),
         ({"foreground_threshold": -0.1}, "foreground_threshold"),
         ({"min_nucleus_area": -1}, "min_nucleus_area"),
-        ({"split_depth": -0.5}, "split_depth"),
         ({"connectivity": 3}, "connectivity"),
     ],
 )

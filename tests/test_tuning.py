@@ -75,7 +75,6 @@ def test_stored_settings_are_empty_without_a_file(tmp_path):
         ('{"foreground_threshold": "high"}', "foreground_threshold must be a number"),
         ('{"min_nucleus_area": -3}', "min_nucleus_area must be a number of pixels >= 0"),
         ('{"min_marker_area": true}', "min_marker_area must be"),
-        ('{"split_depth": -1}', "split_depth must be a number of pixels >= 0"),
     ],
 )
 def test_a_bad_settings_file_is_refused_naming_the_file(tmp_path, content, message):
