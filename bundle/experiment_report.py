@@ -1,6 +1,6 @@
 """The experiment grid's report: tables shaped like the paper's, a plot, per-tile scores.
 
-``report`` writes ``<report_to>/<name>.md`` (Tables 1-4), ``<name>.png`` (AJI against label
+``report`` writes ``<report_to>/<name>.md`` (Tables 1-5), ``<name>.png`` (AJI against label
 fraction per initialisation) and ``<name>_tiles.csv`` (every cell's per-tile scores), and
 appends ``<name>_reading.md`` (notes written by hand) when it exists.
 """
@@ -12,9 +12,18 @@ import statistics
 from pathlib import Path
 
 from bundle.atomic import atomic_path
+from bundle.error_budget import ORACLES
 from bundle.presets import LABELS, PRESETS
 from bundle.runner import REPO_ROOT
 from bundle.scalars import read_scalars, tail_means
+
+#: Column heads of Table 5, by metric name.
+ERROR_BUDGET_LABELS = {
+    "aji_separated": "separated",
+    "aji_missed_added": "missed added",
+    "aji_false_dropped": "false dropped",
+    "aji_pixels_cleaned": "pixels cleaned",
+}
 
 
 def _cells(out_dir: Path) -> list[dict]:
@@ -90,6 +99,36 @@ def _table(cells: list[dict], inits: list[str], fractions: list[float], metric: 
         row = [_mean_spread([c[metric] for c in cells if c["init"] == init and c["fraction"] == f]) for f in fractions]
         lines.append(f"| {LABELS[init]} | " + " | ".join(row) + " |")
     return lines
+
+
+def _error_budget_table(cells: list[dict], inits: list[str], fractions: list[float]) -> list[str]:
+    """Mean AJI % per initialisation and label fraction, as scored and after each correction of
+    :data:`bundle.error_budget.ORACLES`; [] when no cell was evaluated with the error budget."""
+    scored = [c for c in cells if all(name in c for name in ORACLES)]
+    if not scored:
+        return []
+    lines = [
+        "## Table 5 – where AJI is lost: mean AJI (%) after correcting one kind of error from the ground truth",
+        "",
+        "Separated: the predicted foreground split as the true nuclei are. Missed added: true nuclei the "
+        "prediction does not touch, added whole. False dropped: predicted nuclei on no true nucleus, removed. "
+        "Pixels cleaned: the prediction cut to the true foreground. The larger the gain over the AJI, the more "
+        "that kind of error costs.",
+        "",
+        "| initialisation | labels | n | AJI | " + " | ".join(ERROR_BUDGET_LABELS[name] for name in ORACLES) + " |",
+        "|---|---|---|---|" + "---|" * len(ORACLES),
+    ]
+    for init in inits:
+        for fraction in fractions:
+            group = [c for c in scored if c["init"] == init and c["fraction"] == fraction]
+            if group:
+                means = [100 * statistics.mean(c[key] for c in group) for key in ("aji", *ORACLES)]
+                lines.append(
+                    f"| {LABELS[init]} | {round(fraction * 100)} % | {len(group)} | {means[0]:.2f} | "
+                    + " | ".join(f"{value:.2f} ({value - means[0]:+.2f})" for value in means[1:])
+                    + " |"
+                )
+    return [*lines, ""]
 
 
 def _plot(cells: list[dict], inits: list[str], fractions: list[float], path: Path, title: str) -> None:
@@ -260,6 +299,7 @@ def report(
             *pretraining,
             "",
         ]
+    lines += _error_budget_table(cells, inits, fractions)
     lines += _per_cell_table(cells, inits)
     target = REPO_ROOT / report_to
     _plot(cells, inits, fractions, target / f"{name}.png", f"{name}: AJI vs labels")

@@ -15,6 +15,7 @@ import torch
 from bundle.atomic import atomic_path
 from bundle.checkpoints import CheckpointError, load_checkpoint
 from bundle.cli import user_error
+from bundle.error_budget import error_budget
 from bundle.metrics import nuclei_metrics
 from ignite.engine import Engine, Events
 from ignite.handlers import DiskSaver
@@ -246,16 +247,23 @@ class NucleiMetricsWriter:
     """Per-image nuclei metrics of an evaluator, written as ``metrics.csv`` plus ``metrics_summary.json``.
 
     Each iteration scores every decollated item's ``pred_key`` instance map against its
-    ``label_key`` map with :func:`bundle.metrics.nuclei_metrics`; at the end one CSV row per
-    image (named by its file) and the mean of each metric are written atomically, and the
-    means are logged.
+    ``label_key`` map with :func:`bundle.metrics.nuclei_metrics` (and, with ``error_budget``,
+    :func:`bundle.error_budget.error_budget`: the AJI after each correction from the ground
+    truth); at the end one CSV row per image (named by its file) and the mean of each metric
+    are written atomically, and the means are logged.
     """
 
     def __init__(
-        self, output_dir: str | Path, pred_key: str = "instances", label_key: str = "label", image_key: str = "image"
+        self,
+        output_dir: str | Path,
+        pred_key: str = "instances",
+        label_key: str = "label",
+        image_key: str = "image",
+        error_budget: bool = False,
     ):
         self.output_dir = Path(output_dir)
         self.pred_key, self.label_key, self.image_key = pred_key, label_key, image_key
+        self.error_budget = error_budget
         self.rows: list[dict] = []
 
     def attach(self, engine: Engine) -> None:
@@ -268,7 +276,9 @@ class NucleiMetricsWriter:
             gt = convert_to_numpy(batch_item.get(self.label_key, output_item.get(self.label_key)))[0]
             pred = convert_to_numpy(output_item[self.pred_key])[0]
             name = Path(str(batch_item.get(f"{self.image_key}_path", len(self.rows)))).name
-            self.rows.append({"image": name, **nuclei_metrics(gt.astype(np.int64), pred.astype(np.int64))})
+            gt, pred = gt.astype(np.int64), pred.astype(np.int64)
+            budget = error_budget(gt, pred) if self.error_budget else {}
+            self.rows.append({"image": name, **nuclei_metrics(gt, pred), **budget})
 
     def summary(self) -> dict[str, float]:
         """Mean of every numeric column over the images scored so far."""

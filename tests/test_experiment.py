@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import subprocess
 import sys
 
@@ -47,6 +48,10 @@ def test_grid_writes_tables_and_plot(grid):
     rows = [line for line in table.splitlines() if line.startswith("| ") and "initialisation" not in line]
     assert [row.split("|")[1].strip() for row in rows] == ["Scratch", "SSL (L_ST + L_CR)"]
     assert all(len(row.split("|")) == 4 for row in rows)  # one label-fraction column
+    budget = report.split("## Table 5 ")[1].split("## Table 4 ")[0]
+    budget_rows = [line for line in budget.splitlines() if line.startswith("| ") and "initialisation" not in line]
+    assert [row.split("|")[1].strip() for row in budget_rows] == ["Scratch", "SSL (L_ST + L_CR)"]
+    assert all(len(row.split("|")) == 10 and len(re.findall(r"\([+-]\d", row)) == 4 for row in budget_rows)
     commit = subprocess.run(
         ["git", "describe", "--always", "--dirty"], capture_output=True, text=True, cwd=REPO_ROOT
     ).stdout.strip()

@@ -108,6 +108,8 @@ def test_evaluate_writes_one_row_per_image_and_a_summary(trained, prepared):
     validation = json.loads((prepared / "datalist.json").read_text())["validation"]
     assert [row["image"] for row in rows] == [item["image"].split("/")[-1] for item in validation]
     assert {"aji", "aji_plus", "dice", "dice2", "pq", "dq", "sq", "n_gt", "n_pred"} <= set(rows[0])
+    # evaluate.json adds the error budget: AJI after each correction from the ground truth
+    assert {"aji_separated", "aji_missed_added", "aji_false_dropped", "aji_pixels_cleaned"} <= set(rows[0])
     summary = json.loads((root / "eval" / "metrics_summary.json").read_text())
     assert summary["n_images"] == len(rows)
     assert summary["aji"] == pytest.approx(np.mean([float(row["aji"]) for row in rows]))
