@@ -17,14 +17,6 @@ from bundle.presets import LABELS, PRESETS
 from bundle.runner import REPO_ROOT
 from bundle.scalars import read_scalars, tail_means
 
-#: Column heads of Table 5, by metric name.
-ERROR_BUDGET_LABELS = {
-    "aji_separated": "separated",
-    "aji_missed_added": "missed added",
-    "aji_false_dropped": "false dropped",
-    "aji_pixels_cleaned": "pixels cleaned",
-}
-
 
 def _cells(out_dir: Path) -> list[dict]:
     cells = []
@@ -115,7 +107,9 @@ def _error_budget_table(cells: list[dict], inits: list[str], fractions: list[flo
         "Pixels cleaned: the prediction cut to the true foreground. The larger the gain over the AJI, the more "
         "that kind of error costs.",
         "",
-        "| initialisation | labels | n | AJI | " + " | ".join(ERROR_BUDGET_LABELS[name] for name in ORACLES) + " |",
+        "| initialisation | labels | n | AJI | "
+        + " | ".join(name.removeprefix("aji_").replace("_", " ") for name in ORACLES)
+        + " |",
         "|---|---|---|---|" + "---|" * len(ORACLES),
     ]
     for init in inits:
