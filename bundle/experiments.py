@@ -186,6 +186,23 @@ def run_cell(
     return json.loads(summary_path.read_text())
 
 
+def chosen_folds(folds: int, only_folds=None) -> list[int]:
+    """The folds a run goes through: every fold of a ``folds``-fold split, or those in ``only_folds``.
+
+    ``only_folds`` is a comma-separated string, a sequence or one int; without a K-fold split
+    (``folds`` 0) the run has one "fold", the prepared split, and ``only_folds`` is refused.
+    """
+    if only_folds is None or only_folds == "":
+        return list(range(max(folds, 1)))
+    if not folds:
+        raise SystemExit("--only_folds needs --folds K (a K-fold split to choose from)")
+    chosen = sorted(set(_as_list(only_folds, int)))
+    outside = [fold for fold in chosen if not 0 <= fold < folds]
+    if outside:
+        raise SystemExit(f"--only_folds {outside}: the {folds}-fold split has folds 0 to {folds - 1}")
+    return chosen
+
+
 def keep_settings(out_dir: Path, settings: dict) -> None:
     """Record the settings of the grid in ``out_dir/settings.json``; refuse others in the same folder.
 
@@ -215,6 +232,7 @@ def run(
     fractions="1.0,0.1",
     seeds="0,1",
     folds: int = 0,
+    only_folds=None,
     imagenet_weights: str | None = None,
     report_to: str = "docs/results",
     name: str | None = None,
@@ -225,11 +243,14 @@ def run(
 ) -> None:
     """Run (or resume) the grid, then write the report.
 
+    ``only_folds`` (e.g. ``0,1``) runs just those folds of the ``folds``-fold split, so a
+    grid can be measured fold by fold in short sessions and resumed with the others later.
     The four last options change a preset: fine-tuning steps, pretraining epochs, any other
     pretrain.json values (e.g. ``--pretrain_overrides '{"negative_sizes": [112, 96]}'``) and
     train.json values (e.g. ``--train_overrides '{"encoder_lr_scale": 0.1}'``).
     """
     started = time.time()
+    fold_ids = chosen_folds(folds, only_folds)
     spec = PRESETS[preset]
     if finetune_steps:
         spec = {**spec, "finetune_steps": finetune_steps}
@@ -258,7 +279,7 @@ def run(
     grid = [
         (s, fold, f, i)
         for s in _as_list(seeds, int)
-        for fold in range(len(datalists))
+        for fold in fold_ids
         for f in _as_list(fractions, float)
         for i in init_list
     ]

@@ -3,6 +3,7 @@
     python scripts/experiment.py run --preset cpu --data ../shared/data/monuseg/train
     python scripts/experiment.py run --preset cpu --data DIR --inits scratch,ssl --fractions 1.0,0.1 --seeds 0,1
     python scripts/experiment.py run --preset cpu --data DIR --folds 5          # K-fold cross-validation
+    python scripts/experiment.py run --preset cpu --data DIR --folds 5 --only_folds 0,1   # two folds now, the rest later
     python scripts/experiment.py report --preset cpu                            # tables + plot only
     python scripts/experiment.py run --preset cpu --out experiments/cpu_hardneg --inits ssl \
         --pretrain_overrides '{"negative_sizes": [112, 96]}' --name cpu_hardneg  # a variant, reported apart

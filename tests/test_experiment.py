@@ -9,7 +9,7 @@ import sys
 import pytest
 from bundle.datalist import label_fraction_subset
 from bundle.experiment_report import schedule_changes
-from bundle.experiments import fold_datalists, keep_settings
+from bundle.experiments import chosen_folds, fold_datalists, keep_settings
 from bundle.presets import PRESETS
 from conftest import REPO_ROOT
 
@@ -219,3 +219,22 @@ def test_cross_validation_pretrains_each_fold_on_its_own_training_tiles(tmp_path
         assert f"ssl_s0_fold{fold}/models/pretrained_encoder.pt" in train_log
         assert len(datalist["validation"]) >= 1
     assert "| SSL (L_ST + L_CR) | 0, fold 1 |" in (tmp_path / "docs" / "tiny.md").read_text()
+
+
+def test_only_folds_chooses_folds_of_the_split():
+    assert chosen_folds(5) == [0, 1, 2, 3, 4] and chosen_folds(0) == [0]
+    assert chosen_folds(5, "3,1,1") == [1, 3] and chosen_folds(5, 2) == [2] and chosen_folds(5, (4, 0)) == [0, 4]
+    with pytest.raises(SystemExit, match="folds 0 to 4"):
+        chosen_folds(5, "5")
+    with pytest.raises(SystemExit, match="needs --folds"):
+        chosen_folds(0, "0")
+
+
+def test_only_folds_runs_just_those_folds(tmp_path, synthetic_dir):
+    args = ["run", "--preset", "tiny", "--data", str(synthetic_dir), "--out", str(tmp_path), "--inits", "scratch"]
+    args += ["--fractions", "1.0", "--seeds", "0", "--folds", "3", "--only_folds", "1"]
+    args += ["--report_to", str(tmp_path / "docs")]
+    result = subprocess.run(RUNNER + args, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "[1/1] scratch_f100_s0_fold1" in result.stdout
+    assert sorted(path.name for path in (tmp_path / "cells").iterdir()) == ["scratch_f100_s0_fold1"]
