@@ -149,3 +149,15 @@ def load_network_weights(
     except Exception as error:  # ignite and torch raise several types for mismatched weights
         raise does_not_fit(path, ("network",), error, content) from None
     return network
+
+
+def network_output_channels(path: str | Path, default: int = 3) -> int:
+    """Output channels of the segmentation network in checkpoint ``path`` (its head's weight):
+    3 for the class map, 5 with a HoVer map; ``default`` when the file is missing or holds no
+    such head (the loader then reports the problem with the file's name)."""
+    if not Path(path).is_file() or archive_problem(path):
+        return default
+    content = load_checkpoint(path, mmap=True)
+    network = content.get("network", content)
+    head = network.get("segmentation_head.0.weight") if isinstance(network, dict) else None
+    return int(head.shape[0]) if isinstance(head, torch.Tensor) else default

@@ -4,6 +4,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from bundle.targets import HOVER_CHANNELS, N_CLASSES
 from monai.inferers import Inferer, SimpleInferer
 
 #: Identity, vertical, horizontal and both flips of a (N, C, H, W) batch.
@@ -53,7 +54,9 @@ class FlipTTAInferer(Inferer):
     Each flip of the (N, C, H, W) input is predicted and flipped back before averaging, so
     the output is aligned with the input and, for an input that all ``flips`` leave
     unchanged, equals the plain pass. Logits are averaged (softmax follows in the
-    post-processing). ``enabled=False`` is the plain pass, at no extra cost. MONAI's
+    post-processing). A 5-channel output carries a HoVer map after the classes: flipping the
+    image along x negates the horizontal map, along y the vertical map, so those channels
+    change sign as they are flipped back. ``enabled=False`` is the plain pass, at no extra cost. MONAI's
     ``TestTimeAugmentation`` works on dictionaries of random invertible transforms; these
     four fixed flips need only this.
     """
@@ -73,6 +76,19 @@ class FlipTTAInferer(Inferer):
         for dims in self.flips:
             flipped = torch.flip(inputs, dims) if dims else inputs
             logits = self.inferer(flipped, network, *args, **kwargs)
-            logits = torch.flip(logits, dims) if dims else logits
+            logits = unflip(logits, dims) if dims else logits
             total = logits if total is None else total + logits
         return total / len(self.flips)
+
+
+def unflip(outputs: torch.Tensor, dims: Sequence[int]) -> torch.Tensor:
+    """(N, C, H, W) outputs of a flipped input, flipped back along ``dims``; with a HoVer map
+    (C = 5), the horizontal map negated for a flip of x (dim 3), the vertical for y (dim 2)."""
+    outputs = torch.flip(outputs, dims)
+    if outputs.shape[1] != N_CLASSES + len(HOVER_CHANNELS):
+        return outputs
+    horizontal, vertical = HOVER_CHANNELS
+    signs = torch.ones(outputs.shape[1], dtype=outputs.dtype, device=outputs.device)
+    signs[horizontal] = -1.0 if 3 in dims else 1.0
+    signs[vertical] = -1.0 if 2 in dims else 1.0
+    return outputs * signs[None, :, None, None]

@@ -3,10 +3,13 @@
 The network's output for a batch of B triplets is ``(z, count)`` with shapes (3B, E) and
 (3B,), ordered anchors, positives, negatives (see :class:`bundle.networks.TripletEncoderNet`).
 The baseline proxies (:mod:`bundle.pretext`) use :class:`PretextClassificationLoss` (RotNet,
-Jigsaw) and :class:`ColorRegressionLoss` (ColorMe).
+Jigsaw) and :class:`ColorRegressionLoss` (ColorMe). Fine-tuning with a HoVer map uses
+:class:`ClassAndHoVerLoss`.
 """
 
 import torch
+from bundle.targets import HOVER_CHANNELS, N_CLASSES
+from monai.transforms import SobelGradients
 from monai.utils import CommonKeys
 from torch import nn
 
@@ -133,3 +136,51 @@ class ColorRegressionLoss(nn.Module):
         with torch.no_grad():
             mae = (torch.sigmoid(pred.float()) - target.float()).abs().mean().item()
             return {"loss": self(pred, target).item(), "mae": mae}
+
+
+class ClassAndHoVerLoss(nn.Module):
+    """``class_loss(logits, classes) + hover_weight * (MSE(hv) + MSE(gradients of hv) on nuclei)``.
+
+    pred: (N, 5, H, W), 3 class logits then the horizontal and vertical maps
+    (:data:`bundle.targets.HOVER_CHANNELS`); target: (N, 3, H, W) from
+    :class:`bundle.targets.ClassAndHoVerTargetd` (class index, horizontal, vertical).
+    ``class_loss`` gets the logits and the (N, 1, H, W) class index, e.g. MONAI ``DiceCELoss``.
+    The HoVer terms are HoVer-Net's (Graham et al. 2019; MONAI ``HoVerNetLoss``, which ties
+    them to its own nucleus branch loss and dictionary outputs): the MSE of the maps over all
+    pixels, and the MSE of their 5x5 Sobel derivatives (horizontal map along x, vertical along
+    y) over nucleus pixels.
+    """
+
+    def __init__(self, class_loss: nn.Module, hover_weight: float = 1.0):
+        super().__init__()
+        if hover_weight <= 0:
+            raise ValueError(f"hover_weight must be > 0 (use the class loss alone for none), got {hover_weight}")
+        self.class_loss, self.hover_weight = class_loss, hover_weight
+        self.along_x = SobelGradients(kernel_size=5, spatial_axes=1)
+        self.along_y = SobelGradients(kernel_size=5, spatial_axes=0)
+
+    def derivatives(self, hover: torch.Tensor) -> torch.Tensor:
+        """(N, 2, H, W) maps -> (N, 2, H, W): d(horizontal)/dx, d(vertical)/dy (the batch as channels)."""
+        return torch.stack([self.along_x(hover[:, 0]).as_tensor(), self.along_y(hover[:, 1]).as_tensor()], dim=1)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        n_out = N_CLASSES + len(HOVER_CHANNELS)
+        if pred.shape[1] != n_out or target.shape[1] != 1 + len(HOVER_CHANNELS):
+            raise ValueError(
+                f"expected (N, {n_out}, H, W) outputs and (N, 3, H, W) targets (class, horizontal, vertical), "
+                f"got {tuple(pred.shape)} and {tuple(target.shape)}"
+            )
+        classes, hover_true = target[:, :1], target[:, 1:].float()
+        hover_pred = pred[:, list(HOVER_CHANNELS)].float()
+        on_nuclei = (classes > 0).float().expand_as(hover_true)
+        mse = nn.functional.mse_loss(hover_pred, hover_true)
+        gradient_error = (self.derivatives(hover_pred) - self.derivatives(hover_true)).pow(2)
+        msge = (gradient_error * on_nuclei).sum() / (on_nuclei.sum() + 1e-8)
+        return self.class_loss(pred[:, :N_CLASSES], classes) + self.hover_weight * (mse + msge)
+
+
+def segmentation_loss(class_loss: nn.Module, hover_weight: float = 0.0) -> nn.Module:
+    """The fine-tuning loss: ``class_loss`` alone, or :class:`ClassAndHoVerLoss` when ``hover_weight`` > 0."""
+    if hover_weight < 0:
+        raise ValueError(f"hover_weight must be >= 0, got {hover_weight}")
+    return ClassAndHoVerLoss(class_loss, hover_weight) if hover_weight > 0 else class_loss

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from bundle.targets import as_label_map
+from bundle.targets import N_CLASSES, as_label_map
 from bundle.transforms import ScaleRGB
 from bundle.wsi.tiling import check_tiling, instances_by_grid
 from monai.config import KeysCollection
@@ -59,11 +59,14 @@ class NucleiPredictor:
         self.scale = ScaleRGB()
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) float network inputs in [0, 1] -> (N, 3, H, W) float32 class probabilities."""
+        """(N, 3, H, W) float network inputs in [0, 1] -> (N, 3, H, W) float32 class probabilities
+        (N, 5, H, W) for a network with a HoVer map: softmax over the classes, the maps as regressed."""
         self.network.eval()
         with torch.inference_mode(), torch.autocast(device_type=self.device.type, enabled=self.amp):
             logits = self.inferer(torch.as_tensor(images).to(self.device), self.network)
-        return torch.softmax(torch.as_tensor(logits).float(), dim=1)
+        logits = torch.as_tensor(logits).float()
+        classes = torch.softmax(logits[:, :N_CLASSES], dim=1)
+        return torch.cat([classes, logits[:, N_CLASSES:]], dim=1) if logits.shape[1] > N_CLASSES else classes
 
     def instances_of(self, probabilities: torch.Tensor) -> np.ndarray:
         """(3, H, W) probabilities -> (H, W) int32 nucleus ids."""

@@ -14,8 +14,9 @@ class are the nucleus seeds that :mod:`bundle.postprocess` grows back into insta
 from collections.abc import Hashable, Mapping
 
 import numpy as np
+import torch
 from monai.config import KeysCollection, NdarrayOrTensor
-from monai.transforms import MapTransform, Transform
+from monai.transforms import ComputeHoVerMaps, MapTransform, Transform
 from monai.utils import TransformBackends, convert_to_dst_type, convert_to_numpy
 from scipy import ndimage
 from skimage.segmentation import find_boundaries
@@ -24,6 +25,8 @@ from skimage.segmentation import find_boundaries
 BACKGROUND, BODY, BOUNDARY = 0, 1, 2
 
 N_CLASSES = 3
+#: Channels of the horizontal and vertical maps in a 5-channel network output (after the classes).
+HOVER_CHANNELS = (3, 4)
 
 
 def as_label_map(label: NdarrayOrTensor) -> np.ndarray:
@@ -108,4 +111,27 @@ class InstanceToClassMapd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             d[key] = self.converter(d[key])
+        return d
+
+
+class ClassAndHoVerTargetd(MapTransform):
+    """``d[key]`` (1, H, W) class map + ``d[instances_key]`` (1, H, W) ids -> ``d[key]`` (3, H, W)
+    float32 torch: the class index, the horizontal map, the vertical map; ``instances_key`` is removed.
+
+    Run it after the spatial augmentation (the maps are offsets along the image axes, so a
+    flip or rotation of the ids before this is a flip or rotation of the maps' geometry).
+    """
+
+    def __init__(self, keys: KeysCollection = "label", instances_key: str = "instances"):
+        super().__init__(keys)
+        self.instances_key = instances_key
+        self.hover_maps = ComputeHoVerMaps()
+
+    def __call__(self, data: Mapping[Hashable, NdarrayOrTensor]) -> dict[Hashable, NdarrayOrTensor]:
+        d = dict(data)
+        ids = as_label_map(d.pop(self.instances_key))
+        hover = torch.as_tensor(np.asarray(self.hover_maps(ids[None].astype(np.int32))), dtype=torch.float32)
+        for key in self.key_iterator(d):
+            classes = torch.as_tensor(convert_to_numpy(d[key]), dtype=torch.float32).reshape(1, *ids.shape)
+            d[key] = torch.cat([classes, hover])
         return d

@@ -242,3 +242,44 @@ def test_the_encoder_learning_rate_is_a_multiple_of_the_decoders(scale):
     rates = {(id(p) in encoder, group["lr"]) for group in optimizer.param_groups for p in group["params"]}
     assert rates == {(True, 0.0003 * scale), (False, 0.0003)}
     assert sum(len(group["params"]) for group in optimizer.param_groups) == len(list(network.parameters()))
+
+
+def test_a_hover_model_trains_stores_its_contact_threshold_and_infers_from_its_checkpoint(tmp_path, prepared):
+    """hover_weight > 0: a 5-channel network; evaluation and inference build it from the checkpoint alone."""
+    import torch
+
+    root = tmp_path / "run"
+    common = {"cwd": tmp_path, "bundle_root": str(root), **TINY}
+    result = run_bundle(
+        ["train.json"],
+        dataset_dir=str(prepared),
+        init="scratch",
+        max_epochs=1,
+        val_interval=1,
+        hover_weight=1.0,
+        **common,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    weights = torch.load(root / "models" / "model.pt", weights_only=True)
+    assert weights.get("network", weights)["segmentation_head.0.weight"].shape[0] == 5
+    stored = json.loads((root / "models" / "model.postprocess.json").read_text())
+    assert stored["contact_threshold"] in (0.1, 0.2, 0.3, 1.0)
+    assert {"contact_threshold"} < set(stored["chosen_by"]["trials"][0])
+    result = run_bundle(["train.json", "evaluate.json"], dataset_dir=str(prepared), tta=True, **common)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((root / "eval" / "metrics_summary.json").read_text())["n_images"] > 0
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    shutil.copy(sorted((prepared / "images").glob("*.tif"))[0], tiles)
+    result = run_bundle(
+        ["inference.json"],
+        cwd=tmp_path,
+        bundle_root=str(root),
+        dataset_dir=str(tiles),
+        output_dir=str(tmp_path / "out"),
+        backbone="resnet10",
+        roi_size=64,
+        tta=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(nuclei_per_tile(tmp_path / "out")) == 1
