@@ -30,7 +30,7 @@ POSITIVE = {
     "learning_rate",
     "sw_batch_size",
 }
-NON_NEGATIVE = {"num_workers", "weight_decay", "seed", "max_shift", "label_subset_seed"}
+NON_NEGATIVE = {"num_workers", "weight_decay", "seed", "max_shift", "label_subset_seed", "hover_weight"}
 UNIT_INTERVAL = {"label_fraction"}  # (0, 1]
 
 
@@ -45,6 +45,7 @@ PARAMETER_DOCS = {
     "dataset_dir": "a prepared folder, a datalist JSON, a folder of tiles, or one tile",
     "encoder_lr_scale": "fine-tuning: the encoder's learning rate as a multiple of --learning_rate",
     "epoch_steps": "optimiser steps per epoch",
+    "hover_weight": "fine-tuning: weight of the HoVer-map terms (0: the 3-class map alone; > 0: 5 output channels)",
     "init": "encoder initialisation: ssl, scratch or imagenet",
     "init_weights": "encoder weights file for --init ssl or imagenet",
     "label_fraction": "share of the labelled training tiles used, in (0, 1]",

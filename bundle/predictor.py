@@ -31,7 +31,7 @@ class NucleiPredictor:
     Args:
         network: the segmentation network (3-class logits); run in eval mode, without gradients.
         inferer: e.g. MONAI ``SlidingWindowInferer`` or :class:`bundle.inferers.FlipTTAInferer`.
-        instances: probabilities (3, H, W) -> ids, e.g. :class:`bundle.postprocess.ClassMapToInstances`.
+        instances: probabilities (3 or 5, H, W) -> ids, e.g. :class:`bundle.postprocess.ClassMapToInstances`.
         device: where the network runs.
         amp: autocast on ``device`` (float16 on CUDA).
         grid_tile_size, grid_overlap: an image with a side longer than ``grid_tile_size`` px
@@ -59,7 +59,7 @@ class NucleiPredictor:
         self.scale = ScaleRGB()
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) float network inputs in [0, 1] -> (N, 3, H, W) float32 class probabilities
+        """(N, 3, H, W) float network inputs in [0, 1] -> (N, 3, H, W) float32 class probabilities;
         (N, 5, H, W) for a network with a HoVer map: softmax over the classes, the maps as regressed."""
         self.network.eval()
         with torch.inference_mode(), torch.autocast(device_type=self.device.type, enabled=self.amp):
@@ -69,7 +69,7 @@ class NucleiPredictor:
         return torch.cat([classes, logits[:, N_CLASSES:]], dim=1) if logits.shape[1] > N_CLASSES else classes
 
     def instances_of(self, probabilities: torch.Tensor) -> np.ndarray:
-        """(3, H, W) probabilities -> (H, W) int32 nucleus ids."""
+        """(3, H, W) probabilities (5 with a HoVer map) -> (H, W) int32 nucleus ids."""
         return as_label_map(self.instances(probabilities.cpu())).astype(np.int32)
 
     def __call__(self, rgb: np.ndarray | torch.Tensor) -> np.ndarray:

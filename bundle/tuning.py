@@ -1,8 +1,8 @@
 """Post-processing thresholds chosen on validation tiles and stored beside the model.
 
 :class:`ThresholdTuner` is an evaluator handler: it keeps each validation tile's softmax
-map and label, then tries every combination of a small grid of thresholds and writes the
-best (mean AJI over the tiles) to ``models/model.postprocess.json``, which evaluation and
+map (and HoVer map) and label, then tries every combination of a small grid of thresholds
+and writes the best (mean AJI over the tiles) to ``models/model.postprocess.json``, which evaluation and
 inference read (:func:`bundle.postprocess.stored_settings`). A grid search over two
 thresholds needs no optimiser library; each trial is one post-processing of each tile.
 """
@@ -69,10 +69,10 @@ class ThresholdTuner:
         base: the post-processing settings the grid starts from (all keys of
             :class:`bundle.postprocess.ClassMapToInstances` that are not searched).
         grid: setting -> candidate values, e.g. ``{"body_threshold": [0.4, 0.5, 0.6]}``.
-        pred_key, label_key: the (3, H, W) softmax map in each decollated output and the
+        pred_key, label_key: the (3, H, W) softmax map ((5, H, W) with a HoVer map) in each decollated output and the
             (1, H, W) instance label in each batch item.
 
-    Probabilities are kept as float16 (6 bytes per pixel per tile) until the search.
+    Probabilities are kept as float16 (6 bytes per pixel per tile, 10 with a HoVer map) until the search.
     """
 
     def __init__(
