@@ -82,6 +82,11 @@ def contact_energy(hover: np.ndarray) -> np.ndarray:
     return torch.maximum(falls_x, falls_y).clamp(0.0, 1.0).numpy()
 
 
+def energy_of(probabilities: np.ndarray) -> np.ndarray | None:
+    """The contact energy of a checked 5-channel map; None for a 3-channel map (no HoVer map)."""
+    return contact_energy(probabilities[list(HOVER_CHANNELS)]) if probabilities.shape[0] > N_CLASSES else None
+
+
 def remove_small_labels(labels: np.ndarray, min_area: int) -> np.ndarray:
     """(H, W) integer labels with every id covering fewer than ``min_area`` pixels set to 0 (in place)."""
     areas = np.bincount(labels.ravel())
@@ -156,8 +161,12 @@ class ClassMapToInstances(Transform):
 
     def __call__(self, prob: NdarrayOrTensor) -> NdarrayOrTensor:
         probabilities = as_probability_map(prob)
-        has_hover = probabilities.shape[0] > N_CLASSES
-        energy = contact_energy(probabilities[list(HOVER_CHANNELS)]) if has_hover else None
+        instances = self.from_maps(probabilities, energy_of(probabilities))
+        return convert_to_dst_type(instances[None], prob, dtype=np.int32)[0]
+
+    def from_maps(self, probabilities: np.ndarray, energy: np.ndarray | None) -> np.ndarray:
+        """Checked (3 or 5, H, W) maps and their contact energy (None without a HoVer map)
+        -> (H, W) int32 ids; threshold tuning computes the energy once per tile this way."""
         markers = self.markers(probabilities[BODY], energy)
         mask = self.mask(probabilities, markers)
         elevation = -probabilities[BODY].astype(np.float32)
@@ -165,8 +174,7 @@ class ClassMapToInstances(Transform):
             elevation += energy
         instances = watershed(elevation, markers, mask=mask, connectivity=self.connectivity)
         instances = remove_small_labels(instances.astype(np.int32), self.min_nucleus_area)
-        instances = relabel_sequential(instances)[0].astype(np.int32)
-        return convert_to_dst_type(instances[None], prob, dtype=np.int32)[0]
+        return relabel_sequential(instances)[0].astype(np.int32)
 
 
 class ClassMapToInstancesd(MapTransform):

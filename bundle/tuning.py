@@ -16,18 +16,36 @@ from pathlib import Path
 import numpy as np
 from bundle.atomic import atomic_path
 from bundle.metrics import aji, overlap_table
-from bundle.postprocess import ClassMapToInstances
+from bundle.postprocess import ClassMapToInstances, as_probability_map, energy_of
 from ignite.engine import Engine, Events
 from monai.utils import convert_to_numpy
 
 logger = logging.getLogger(__name__)
 
 
+def prepared(
+    samples: Sequence[tuple[np.ndarray, np.ndarray]],
+) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray]]:
+    """``(probabilities, label)`` pairs -> ``(checked float32 maps, contact energy or None, label)``,
+    so that every trial reuses each tile's energy."""
+    tiles = []
+    for prob, label in samples:
+        maps = as_probability_map(prob.astype(np.float32))
+        tiles.append((maps, energy_of(maps), label))
+    return tiles
+
+
 def mean_aji(samples: Sequence[tuple[np.ndarray, np.ndarray]], settings: Mapping) -> float:
-    """Mean AJI over ``(probabilities (3, H, W), label (H, W))`` pairs post-processed with ``settings``."""
+    """Mean AJI over ``(probabilities (3 or 5, H, W), label (H, W))`` pairs post-processed with ``settings``."""
+    return mean_aji_of_prepared(prepared(samples), settings)
+
+
+def mean_aji_of_prepared(tiles: Sequence[tuple[np.ndarray, np.ndarray | None, np.ndarray]], settings: Mapping) -> float:
+    """:func:`mean_aji` over tiles from :func:`prepared`."""
     to_instances = ClassMapToInstances(**settings)
     scores = [
-        aji(overlap_table(label, to_instances(prob.astype(np.float32))[0].astype(np.int64))) for prob, label in samples
+        aji(overlap_table(label, to_instances.from_maps(maps, energy).astype(np.int64)))
+        for maps, energy, label in tiles
     ]
     return float(np.mean(scores))
 
@@ -45,17 +63,17 @@ def search_thresholds(
         raise ValueError("no validation tiles to choose post-processing thresholds on")
     if not grid or not all(grid.values()):
         raise ValueError(f"the threshold grid needs at least one value per key, got {dict(grid)}")
-    keys = list(grid)
+    keys, tiles = list(grid), prepared(samples)
     trials = []
     for values in itertools.product(*(grid[key] for key in keys)):
         settings = {**base, **dict(zip(keys, values))}
-        trials.append((mean_aji(samples, settings), settings))
+        trials.append((mean_aji_of_prepared(tiles, settings), settings))
     best_score, best = max(trials, key=lambda trial: trial[0])  # max keeps the first of equal scores
     chosen_by = {
         "metric": "mean aji",
         "tiles": len(samples),
         "score": best_score,
-        "score_of_defaults": mean_aji(samples, base),
+        "score_of_defaults": mean_aji_of_prepared(tiles, base),
         "trials": [{**{key: settings[key] for key in keys}, "score": score} for score, settings in trials],
     }
     return {**best, "chosen_by": chosen_by}
