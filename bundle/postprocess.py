@@ -18,7 +18,7 @@ the boundary rim (see :mod:`bundle.targets` for how the rim is defined in the ta
 
 Maps with 5 channels carry, after the 3 class probabilities, HoVer-Net's horizontal and
 vertical maps (each nucleus pixel's offset from its nucleus's centre, -1..1; see
-:func:`bundle.targets.HOVER_CHANNELS`). Between two touching nuclei the horizontal map falls
+:data:`bundle.targets.HOVER_CHANNELS`). Between two touching nuclei the horizontal map falls
 from +1 to -1 left to right (the vertical map top to bottom), inside one it rises: the
 **contact energy** is the steepest such fall, ``max(-dh/dx, -dv/dy)`` (5x5 Sobel, MONAI
 ``SobelGradients``, per pixel), clipped to [0, 1]. HoVer-Net min-max normalises its Sobel maps
