@@ -151,13 +151,25 @@ def load_network_weights(
     return network
 
 
+def _network_state(path: str | Path) -> dict | None:
+    """The network's state dict in checkpoint ``path``, None when the file is missing or
+    unreadable (the loader then reports the problem with the file's name)."""
+    if not Path(path).is_file() or archive_problem(path):
+        return None
+    content = load_checkpoint(path, mmap=True)
+    network = content.get("network", content)
+    return network if isinstance(network, dict) else None
+
+
 def network_output_channels(path: str | Path, default: int = 3) -> int:
     """Output channels of the segmentation network in checkpoint ``path`` (its head's weight):
     3 for the class map, 5 with a HoVer map; ``default`` when the file is missing or holds no
-    such head (the loader then reports the problem with the file's name)."""
-    if not Path(path).is_file() or archive_problem(path):
-        return default
-    content = load_checkpoint(path, mmap=True)
-    network = content.get("network", content)
-    head = network.get("segmentation_head.0.weight") if isinstance(network, dict) else None
+    such head."""
+    head = (_network_state(path) or {}).get("segmentation_head.0.weight")
     return int(head.shape[0]) if isinstance(head, torch.Tensor) else default
+
+
+def network_has_full_resolution_skip(path: str | Path) -> bool:
+    """Whether checkpoint ``path`` holds a :class:`bundle.networks.FullResolutionUNet` (its stem's
+    weights); False when the file is missing."""
+    return any(key.startswith("full_resolution_stem.") for key in _network_state(path) or {})

@@ -8,6 +8,7 @@ strict keys and no renaming. The baseline proxies reuse it: :class:`PretextClass
 
 import torch
 from monai.networks.nets import FlexibleUNet
+from monai.networks.nets.basic_unet import TwoConv
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 from torch import nn
 
@@ -64,13 +65,50 @@ class TripletEncoderNet(nn.Module):
         return torch.einsum("nehw,oe->nohw", z_map, self.count_head.weight)[:, 0] + self.count_head.bias
 
 
+class FullResolutionUNet(FlexibleUNet):
+    """``FlexibleUNet`` whose last decoder block also sees the image at full resolution.
+
+    FlexibleUNet's last block upsamples the 1/2-resolution features with no skip connection,
+    so outlines 1-2 px wide are drawn from features computed at half resolution. Here a
+    two-convolution stem of ``stem_channels`` on the input (N, C, H, W) is concatenated in that
+    block, as the first level of the original U-Net. MONAI offers no such option. The encoder
+    and its state-dict keys are FlexibleUNet's, so pretrained encoders load as before; the
+    stem's keys start with ``full_resolution_stem.``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        backbone: str,
+        stem_channels: int = 16,
+        norm: str | tuple = ("batch", {"eps": 1e-3, "momentum": 0.1}),
+        act: str | tuple = ("relu", {"inplace": True}),
+        **kwargs,
+    ):
+        super().__init__(in_channels, out_channels, backbone, norm=norm, act=act, **kwargs)
+        last = self.decoder.blocks[-1]
+        upsampled = last.convs.conv_0.conv.in_channels
+        decoded = last.convs.conv_1.conv.out_channels
+        self.full_resolution_stem = TwoConv(self.spatial_dims, in_channels, stem_channels, act, norm, bias=False)
+        last.convs = TwoConv(self.spatial_dims, stem_channels + upsampled, decoded, act, norm, bias=False)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        features = [self.full_resolution_stem(inputs)] + self.encoder(inputs)
+        return self.segmentation_head(self.decoder(features, self.skip_connect + 1))
+
+
 def segmentation_unet(
-    backbone: str = "resnet101", in_channels: int = 3, out_channels: int = 3, **kwargs
+    backbone: str = "resnet101",
+    in_channels: int = 3,
+    out_channels: int = 3,
+    full_resolution_skip: bool = False,
+    **kwargs,
 ) -> FlexibleUNet:
-    """The fine-tuning network: ``FlexibleUNet`` with a random decoder (3 classes by default)."""
-    return FlexibleUNet(
-        in_channels=in_channels, out_channels=out_channels, backbone=backbone, pretrained=False, **kwargs
-    )
+    """The fine-tuning network: ``FlexibleUNet`` with a random decoder (3 classes by default);
+    with ``full_resolution_skip``, a :class:`FullResolutionUNet`."""
+    network = FullResolutionUNet if full_resolution_skip else FlexibleUNet
+    return network(in_channels=in_channels, out_channels=out_channels, backbone=backbone, pretrained=False, **kwargs)
 
 
 class PretextClassifierNet(nn.Module):

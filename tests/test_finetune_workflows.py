@@ -283,3 +283,40 @@ def test_a_hover_model_trains_stores_its_contact_threshold_and_infers_from_its_c
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert len(nuclei_per_tile(tmp_path / "out")) == 1
+
+
+def test_a_full_resolution_model_evaluates_and_infers_from_its_checkpoint(tmp_path, prepared):
+    """full_resolution_skip: evaluation and inference rebuild the stem from the checkpoint alone."""
+    import torch
+
+    root = tmp_path / "run"
+    common = {"cwd": tmp_path, "bundle_root": str(root), **TINY}
+    result = run_bundle(
+        ["train.json"],
+        dataset_dir=str(prepared),
+        init="scratch",
+        max_epochs=1,
+        val_interval=1,
+        full_resolution_skip=True,
+        **common,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    weights = torch.load(root / "models" / "model.pt", weights_only=True)
+    assert any(key.startswith("full_resolution_stem.") for key in weights.get("network", weights))
+    result = run_bundle(["train.json", "evaluate.json"], dataset_dir=str(prepared), **common)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((root / "eval" / "metrics_summary.json").read_text())["n_images"] > 0
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    shutil.copy(sorted((prepared / "images").glob("*.tif"))[0], tiles)
+    result = run_bundle(
+        ["inference.json"],
+        cwd=tmp_path,
+        bundle_root=str(root),
+        dataset_dir=str(tiles),
+        output_dir=str(tmp_path / "out"),
+        backbone="resnet10",
+        roi_size=64,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(nuclei_per_tile(tmp_path / "out")) == 1
