@@ -45,6 +45,7 @@ PARAMETER_DOCS = {
     "dataset_dir": "a prepared folder, a datalist JSON, a folder of tiles, or one tile",
     "encoder_lr_scale": "fine-tuning: the encoder's learning rate as a multiple of --learning_rate",
     "epoch_steps": "optimiser steps per epoch",
+    "full_resolution_skip": "fine-tuning: a full-resolution stem joins the decoder's last block (read from the checkpoint after)",
     "hover_weight": "fine-tuning: weight of the HoVer-map terms (0: the 3-class map alone; > 0: 5 output channels)",
     "init": "encoder initialisation: ssl, scratch or imagenet",
     "init_weights": "encoder weights file for --init ssl or imagenet",
@@ -103,7 +104,10 @@ def _type_problem(key: str, value: Any, default: Any) -> str | None:
         ok, wanted = isinstance(value, (list, tuple)), "a list, e.g. [1, 2]"
     else:
         return None
-    return None if ok else f"--{key}: expected {wanted} (the default is {default!r}), got {value!r}"
+    if ok:
+        return None
+    spelling = " (python-fire reads Python's spelling, also inside a dict)" if str(value).lower() in ("true", "false") else ""
+    return f"--{key}: expected {wanted} (the default is {default!r}), got {value!r}{spelling}"
 
 
 def _range_problem(key: str, value: Any) -> str | None:

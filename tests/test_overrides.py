@@ -44,7 +44,12 @@ def test_command_line_pairs_are_parsed_as_fire_parses_them():
         ),
         ({"crop_size": "abc"}, "--crop_size: expected an integer (the default is 768), got 'abc'"),
         ({"learning_rate": "fast"}, "--learning_rate: expected a number (the default is 0.0003), got 'fast'"),
-        ({"resume": "false"}, "--resume: expected True or False (the default is True), got 'false'"),
+        (
+            {"resume": "false"},
+            "--resume: expected True or False (the default is True), got 'false'"
+            " (python-fire reads Python's spelling, also inside a dict)",
+        ),
+        ({"resume": "yes"}, "--resume: expected True or False (the default is True), got 'yes'"),
         ({"class_weights": 2}, "--class_weights: expected a list, e.g. [1, 2] (the default is [1.0, 1.0, 2.0]), got 2"),
         ({"label_fraction": 1.5}, "--label_fraction: must be in (0, 1], got 1.5"),
         ({"batch_size": 0}, "--batch_size: must be greater than 0, got 0"),
