@@ -5,8 +5,15 @@ import zipfile
 
 import pytest
 import torch
-from bundle.checkpoints import CheckedCheckpointLoader, CheckpointError, archive_problem, load_checkpoint
+from bundle.checkpoints import (
+    CheckedCheckpointLoader,
+    CheckpointError,
+    archive_problem,
+    load_checkpoint,
+    network_has_full_resolution_skip,
+)
 from bundle.handlers import latest_checkpoint
+from bundle.networks import segmentation_unet
 from ignite.engine import Engine
 
 
@@ -116,8 +123,6 @@ def test_checked_loader_loads_a_good_file(tmp_path):
 
 
 def test_checked_loader_names_the_backbone_a_model_was_trained_with(tmp_path):
-    from bundle.networks import segmentation_unet
-
     path = tmp_path / "model.pt"
     torch.save({"network": segmentation_unet("resnet18", out_channels=3).state_dict()}, path)
     engine = Engine(lambda engine, batch: None)
@@ -140,3 +145,12 @@ def test_checked_loader_says_how_to_get_a_missing_model(tmp_path):
         CheckpointError, match=r"model\.pt: file not found; train a model first .* or point --model_path at one"
     ):
         engine.run([0], max_epochs=1)
+
+
+def test_a_full_resolution_skip_is_read_from_the_checkpoint(tmp_path):
+    for full_resolution_skip in (False, True):
+        path = tmp_path / f"model_{full_resolution_skip}.pt"
+        network = segmentation_unet("resnet10", full_resolution_skip=full_resolution_skip)
+        torch.save({"network": network.state_dict()}, path)
+        assert network_has_full_resolution_skip(path) is full_resolution_skip
+    assert network_has_full_resolution_skip(tmp_path / "missing.pt") is False

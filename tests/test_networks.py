@@ -15,12 +15,37 @@ def test_output_shapes(net):
     assert z.shape == (6, 16) and count.shape == (6,)
 
 
-def test_encoder_loads_into_flexible_unet_with_strict_keys(net):
-    unet = segmentation_unet(backbone="resnet18")
+@pytest.mark.parametrize("full_resolution_skip", [False, True])
+def test_encoder_loads_into_flexible_unet_with_strict_keys(net, full_resolution_skip):
+    unet = segmentation_unet(backbone="resnet18", full_resolution_skip=full_resolution_skip)
     result = unet.encoder.load_state_dict(net.encoder.state_dict(), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     for name, tensor in net.encoder.state_dict().items():
         assert torch.equal(unet.encoder.state_dict()[name], tensor)
+
+
+def test_full_resolution_stem_feeds_the_last_decoder_block():
+    torch.manual_seed(0)
+    unet = segmentation_unet(backbone="resnet18", full_resolution_skip=True).eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        before = unet(x)
+        for parameter in unet.full_resolution_stem.parameters():
+            parameter.zero_()
+        after = unet(x)
+    assert before.shape == (2, 3, 64, 64)
+    assert not torch.allclose(before, after)
+
+
+def test_full_resolution_unet_traces_to_the_same_output():
+    """The bundle exports with ``ckpt_export --use_trace`` at one input size (MONAI's ResNet-18
+    shortcut fixes its padding when traced); a traced model must match eager on new inputs."""
+    torch.manual_seed(0)
+    unet = segmentation_unet(backbone="resnet18", full_resolution_skip=True).eval()
+    x, other = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    with torch.no_grad():
+        traced = torch.jit.trace(unet, x)
+        torch.testing.assert_close(traced(other), unet(other), atol=1e-4, rtol=1e-4)
 
 
 def test_count_map_pools_to_the_count_head(net):
