@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -244,6 +245,29 @@ def test_the_encoder_learning_rate_is_a_multiple_of_the_decoders(scale):
     assert sum(len(group["params"]) for group in optimizer.param_groups) == len(list(network.parameters()))
 
 
+def evaluate_and_infer_one_tile(tmp_path, prepared, common: dict, tta: bool) -> None:
+    """Evaluate the model trained in ``common["bundle_root"]``, then segment one tile with it."""
+    root = Path(common["bundle_root"])
+    result = run_bundle(["train.json", "evaluate.json"], dataset_dir=str(prepared), tta=tta, **common)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((root / "eval" / "metrics_summary.json").read_text())["n_images"] > 0
+    tiles = tmp_path / "tiles"
+    tiles.mkdir()
+    shutil.copy(sorted((prepared / "images").glob("*.tif"))[0], tiles)
+    result = run_bundle(
+        ["inference.json"],
+        cwd=tmp_path,
+        bundle_root=str(root),
+        dataset_dir=str(tiles),
+        output_dir=str(tmp_path / "out"),
+        backbone="resnet10",
+        roi_size=64,
+        tta=tta,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(nuclei_per_tile(tmp_path / "out")) == 1
+
+
 def test_a_hover_model_trains_stores_its_contact_threshold_and_infers_from_its_checkpoint(tmp_path, prepared):
     """hover_weight > 0: a 5-channel network; evaluation and inference build it from the checkpoint alone."""
     import torch
@@ -265,24 +289,7 @@ def test_a_hover_model_trains_stores_its_contact_threshold_and_infers_from_its_c
     stored = json.loads((root / "models" / "model.postprocess.json").read_text())
     assert stored["contact_threshold"] in (0.02, 0.03, 0.05, 0.08, 1.0)
     assert {"contact_threshold"} < set(stored["chosen_by"]["trials"][0])
-    result = run_bundle(["train.json", "evaluate.json"], dataset_dir=str(prepared), tta=True, **common)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((root / "eval" / "metrics_summary.json").read_text())["n_images"] > 0
-    tiles = tmp_path / "tiles"
-    tiles.mkdir()
-    shutil.copy(sorted((prepared / "images").glob("*.tif"))[0], tiles)
-    result = run_bundle(
-        ["inference.json"],
-        cwd=tmp_path,
-        bundle_root=str(root),
-        dataset_dir=str(tiles),
-        output_dir=str(tmp_path / "out"),
-        backbone="resnet10",
-        roi_size=64,
-        tta=True,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert len(nuclei_per_tile(tmp_path / "out")) == 1
+    evaluate_and_infer_one_tile(tmp_path, prepared, common, tta=True)
 
 
 def test_a_full_resolution_model_evaluates_and_infers_from_its_checkpoint(tmp_path, prepared):
@@ -303,20 +310,4 @@ def test_a_full_resolution_model_evaluates_and_infers_from_its_checkpoint(tmp_pa
     assert result.returncode == 0, result.stderr[-3000:]
     weights = torch.load(root / "models" / "model.pt", weights_only=True)
     assert any(key.startswith("full_resolution_stem.") for key in weights.get("network", weights))
-    result = run_bundle(["train.json", "evaluate.json"], dataset_dir=str(prepared), **common)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert json.loads((root / "eval" / "metrics_summary.json").read_text())["n_images"] > 0
-    tiles = tmp_path / "tiles"
-    tiles.mkdir()
-    shutil.copy(sorted((prepared / "images").glob("*.tif"))[0], tiles)
-    result = run_bundle(
-        ["inference.json"],
-        cwd=tmp_path,
-        bundle_root=str(root),
-        dataset_dir=str(tiles),
-        output_dir=str(tmp_path / "out"),
-        backbone="resnet10",
-        roi_size=64,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert len(nuclei_per_tile(tmp_path / "out")) == 1
+    evaluate_and_infer_one_tile(tmp_path, prepared, common, tta=False)
