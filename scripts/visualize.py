@@ -1,8 +1,11 @@
-"""Figures of a pretrained encoder: the count head's density maps (the paper's Fig. 3).
+"""Figures of a pretrained encoder: the count head's density maps (the paper's Fig. 3), and
+which cue the head ranks by (:mod:`bundle.proxy_cues`).
 
     python scripts/visualize.py density --checkpoint models/pretrain --image TILE.tif \
         [--image OTHER.tif] [--backbone resnet18] [--crop_size 768 --negative_size 256 \
         --seed 0 --out docs/results/density.png]
+    python scripts/visualize.py cues --checkpoint models/pretrain --image TILE.tif \
+        [--image OTHER.tif] [--crop_size 128 --negative_sizes "[96,64,48,32]" --crops_per_image 24]
 
 The computation is :mod:`bundle.density`. For each image, a positive crop and its negative (a sub-crop of the positive resized up to
 the crop size, as in pretraining) go through the count head at every location of the deepest
@@ -26,7 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, s
 matplotlib.use("Agg")  # files only, no display
 
 from bundle.atomic import atomic_path  # noqa: E402
+from bundle.data import read_image  # noqa: E402
 from bundle.density import DensityPair, density_pair, load_network  # noqa: E402
+from bundle.proxy_cues import proxy_cues  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Rectangle  # noqa: E402
@@ -159,6 +164,37 @@ def density(
     print(f"wrote {out}")
 
 
+def cues(
+    checkpoint: str = "models/pretrain",
+    image: str | Sequence[str] | None = None,
+    backbone: str | None = None,
+    crop_size: int = 128,
+    negative_sizes: Sequence[int] = (96, 64, 48, 32),
+    crops_per_image: int = 24,
+    seed: int = 0,
+) -> None:
+    """Print how the count head ranks the proxy's negative, a blurred copy of the positive, and the two.
+
+    Args:
+        checkpoint: a pretraining checkpoint file, or the folder of them (newest is used).
+        image: one tile or several (repeat ``--image``), each larger than crop_size px.
+        backbone: the encoder's ResNet; inferred from the checkpoint when omitted.
+        crop_size: side S of the positive crop, in pixels (the pretraining's crop_size).
+        negative_sizes: sides of the negatives' sub-crops (the pretraining's negative_sizes).
+        crops_per_image: positive crops drawn from each image.
+        seed: the crop positions' seed.
+    """
+    net = load_network(checkpoint, backbone)
+    images = []
+    for path in image_paths(image):
+        try:
+            images.append(np.ascontiguousarray(read_image(path).transpose(2, 0, 1)))
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from None
+    figures = proxy_cues(net, images, crop_size, tuple(negative_sizes), crops_per_image, seed)
+    print(json.dumps(figures, indent=1))
+
+
 if __name__ == "__main__":
     sys.argv[1:] = merge_repeated_flag(sys.argv[1:], "image")
-    fire.Fire({"density": density})
+    fire.Fire({"density": density, "cues": cues})
