@@ -187,10 +187,10 @@ def cues(
     net = load_network(checkpoint, backbone)
     images = []
     for path in image_paths(image):
-        try:
-            images.append(np.ascontiguousarray(read_image(path).transpose(2, 0, 1)))
-        except ValueError as error:
-            raise ValueError(f"{path}: {error}") from None
+        array = read_image(path)  # names the file when it cannot be read
+        if min(array.shape[:2]) <= crop_size:
+            raise ValueError(f"{path}: {array.shape[0]}x{array.shape[1]} px is not larger than --crop_size {crop_size}")
+        images.append(np.ascontiguousarray(array.transpose(2, 0, 1)))
     figures = proxy_cues(net, images, crop_size, tuple(negative_sizes), crops_per_image, seed)
     print(json.dumps(figures, indent=1))
 

@@ -3,10 +3,13 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from bundle.data import write_image
+from bundle.networks import TripletEncoderNet
 from bundle.proxy_cues import cue_crops, proxy_cues
 from bundle.synthetic import synthesize_tile
 from bundle.transforms import resize_square
@@ -58,18 +61,27 @@ def test_an_image_no_larger_than_the_crop_is_refused(images):
         cue_crops(images[0], 96, SIDES, 1, np.random.default_rng(0))
 
 
-def test_cli_prints_the_rates_for_a_checkpoint(tmp_path, images):
-    from bundle.data import write_image
-    from bundle.networks import TripletEncoderNet
-
+@pytest.fixture
+def cues_command(tmp_path, images) -> tuple[list[str], Path]:
+    """The CLI's command for a random resnet10 checkpoint and one 96 px tile, and the tile."""
     torch.manual_seed(0)
     torch.save({"network": TripletEncoderNet("resnet10", embedding_dim=8).state_dict()}, tmp_path / "checkpoint_epoch=1.pt")
     tile = tmp_path / "tile.tif"
     write_image(tile, images[0].transpose(1, 2, 0))
-    command = [sys.executable, "scripts/visualize.py", "cues", "--checkpoint", str(tmp_path), "--image", str(tile)]
-    command += ["--crop_size", "64", "--negative_sizes", "[32]", "--crops_per_image", "4"]
+    return [sys.executable, "scripts/visualize.py", "cues", "--checkpoint", str(tmp_path), "--image", str(tile)], tile
+
+
+def test_cli_prints_the_rates_for_a_checkpoint(cues_command):
+    command = cues_command[0] + ["--crop_size", "64", "--negative_sizes", "[32]", "--crops_per_image", "4"]
     result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     figures = json.loads(result.stdout)
     assert set(figures) == {"proxy", "blur_only", "equal_blur", "blur_share", "embedding_blur_share"}
     assert all(0 <= figures[key] <= 1 for key in ("proxy", "blur_only", "equal_blur"))
+
+
+def test_cli_names_a_tile_smaller_than_the_crop(cues_command):
+    command, tile = cues_command
+    result = subprocess.run(command + ["--crop_size", "128"], cwd=REPO_ROOT, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert f"{tile}: 96x96 px is not larger than --crop_size 128" in result.stderr
