@@ -106,7 +106,9 @@ def _type_problem(key: str, value: Any, default: Any) -> str | None:
         return None
     if ok:
         return None
-    spelling = " (python-fire reads Python's spelling, also inside a dict)" if str(value).lower() in ("true", "false") else ""
+    spelling = (
+        " (python-fire reads Python's spelling, also inside a dict)" if str(value).lower() in ("true", "false") else ""
+    )
     return f"--{key}: expected {wanted} (the default is {default!r}), got {value!r}{spelling}"
 
 

@@ -44,7 +44,11 @@ def test_the_blurred_companion_holds_the_positive_resampled_and_the_negative_its
     positives, negatives, blurred = cue_crops(images[0], CROP, SIDES, 5, np.random.default_rng(0))
     assert positives.shape == negatives.shape == blurred.shape == (5, 3, CROP, CROP)
     for positive, copy in zip(positives, blurred):
-        side = next(s for s in SIDES if np.array_equal(copy, resize_square(resize_square(positive, s, "bilinear"), CROP, "bilinear")))
+        side = next(
+            s
+            for s in SIDES
+            if np.array_equal(copy, resize_square(resize_square(positive, s, "bilinear"), CROP, "bilinear"))
+        )
         assert side in SIDES
     assert not any(np.array_equal(p, n) for p, n in zip(positives, negatives))
 
@@ -65,7 +69,9 @@ def test_an_image_no_larger_than_the_crop_is_refused(images):
 def cues_command(tmp_path, images) -> tuple[list[str], Path]:
     """The CLI's command for a random resnet10 checkpoint and one 96 px tile, and the tile."""
     torch.manual_seed(0)
-    torch.save({"network": TripletEncoderNet("resnet10", embedding_dim=8).state_dict()}, tmp_path / "checkpoint_epoch=1.pt")
+    torch.save(
+        {"network": TripletEncoderNet("resnet10", embedding_dim=8).state_dict()}, tmp_path / "checkpoint_epoch=1.pt"
+    )
     tile = tmp_path / "tile.tif"
     write_image(tile, images[0].transpose(1, 2, 0))
     return [sys.executable, "scripts/visualize.py", "cues", "--checkpoint", str(tmp_path), "--image", str(tile)], tile
