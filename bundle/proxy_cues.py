@@ -54,9 +54,9 @@ def proxy_cues(
     """
     rng = np.random.default_rng(seed)
     triples = [cue_crops(image, crop_size, negative_sizes, crops_per_image, rng) for image in images]
-    scale = ScaleRGB()
+    scale, net = ScaleRGB(), net.eval()
     (z_p, f_p), (z_n, f_n), (z_b, f_b) = (
-        net.eval()(scale(np.concatenate([triple[k] for triple in triples]))) for k in range(3)
+        net(scale(np.concatenate([triple[k] for triple in triples]))) for k in range(3)
     )
     distance = lambda a, b: ((a - b) ** 2).sum(dim=1)  # noqa: E731
     return {
