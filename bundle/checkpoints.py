@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from bundle.stain import REFERENCE_BUFFER
 from ignite.handlers import Checkpoint
 from monai.handlers import CheckpointLoader
 
@@ -173,3 +174,11 @@ def network_has_full_resolution_skip(path: str | Path) -> bool:
     """Whether checkpoint ``path`` holds a :class:`bundle.networks.FullResolutionUNet` (its stem's
     weights); False when the file is missing."""
     return any(key.startswith("full_resolution_stem.") for key in _network_state(path) or {})
+
+
+def network_stain_reference(path: str | Path) -> list[list[float]] | None:
+    """The stain reference a model in checkpoint ``path`` was trained on ((3, 3), see
+    :class:`bundle.stain.StainNormalize`); None when it was trained without stain
+    normalisation or the file is missing."""
+    reference = (_network_state(path) or {}).get(REFERENCE_BUFFER)
+    return reference.tolist() if isinstance(reference, torch.Tensor) else None

@@ -6,7 +6,10 @@ strict keys and no renaming. The baseline proxies reuse it: :class:`PretextClass
 (RotNet, Jigsaw) and :func:`segmentation_unet` with one output channel (ColorMe).
 """
 
+from collections.abc import Sequence
+
 import torch
+from bundle.stain import REFERENCE_BUFFER
 from monai.networks.nets import FlexibleUNet
 from monai.networks.nets.basic_unet import TwoConv
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
@@ -103,12 +106,18 @@ def segmentation_unet(
     in_channels: int = 3,
     out_channels: int = 3,
     full_resolution_skip: bool = False,
+    stain_reference: Sequence[Sequence[float]] | None = None,
     **kwargs,
 ) -> FlexibleUNet:
     """The fine-tuning network: ``FlexibleUNet`` with a random decoder (3 classes by default);
-    with ``full_resolution_skip``, a :class:`FullResolutionUNet`."""
+    with ``full_resolution_skip``, a :class:`FullResolutionUNet`. A ``stain_reference``
+    ((3, 3), :data:`bundle.stain.MACENKO_REFERENCE`) is kept as the buffer
+    :data:`bundle.stain.REFERENCE_BUFFER`, so the weights say which stain their inputs had."""
     network = FullResolutionUNet if full_resolution_skip else FlexibleUNet
-    return network(in_channels=in_channels, out_channels=out_channels, backbone=backbone, pretrained=False, **kwargs)
+    network = network(in_channels=in_channels, out_channels=out_channels, backbone=backbone, pretrained=False, **kwargs)
+    if stain_reference is not None:
+        network.register_buffer(REFERENCE_BUFFER, torch.as_tensor(stain_reference, dtype=torch.float32))
+    return network
 
 
 class PretextClassifierNet(nn.Module):

@@ -12,11 +12,12 @@ grid as a slide. Validation, evaluation and threshold tuning (``configs/train.js
 run the same chain with validation's windows; the tuner takes its probabilities.
 """
 
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from bundle.stain import StainNormalize
 from bundle.targets import N_CLASSES, as_label_map
 from bundle.transforms import ScaleRGB
 from bundle.wsi.tiling import check_tiling, instances_by_grid
@@ -39,6 +40,10 @@ class NucleiPredictor:
             of that size overlapping by ``grid_overlap`` px, nuclei stitched), so that its memory
             grows with its pixels by the ids map only, not by probabilities and post-processing maps.
             None: every image in one pass.
+        stain_reference: the stain the network was trained on ((3, 3), see
+            :class:`bundle.stain.StainNormalize`): every image is normalised to it first, whole,
+            or window by window when it goes through the grid (as slide tiles are). None:
+            images go in as they are.
     """
 
     def __init__(
@@ -50,6 +55,7 @@ class NucleiPredictor:
         amp: bool = False,
         grid_tile_size: int | None = None,
         grid_overlap: int = 128,
+        stain_reference: Sequence[Sequence[float]] | None = None,
     ):
         self.network, self.inferer, self.instances = network, inferer, instances
         self.device, self.amp = torch.device(device), amp
@@ -57,6 +63,7 @@ class NucleiPredictor:
             check_tiling(grid_tile_size, grid_overlap)
         self.grid_tile_size, self.grid_overlap = grid_tile_size, grid_overlap
         self.scale = ScaleRGB()
+        self.normalize_stain = StainNormalize(stain_reference) if stain_reference is not None else None
 
     def probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) float network inputs in [0, 1] -> (N, 3, H, W) float32 class probabilities;
@@ -77,6 +84,8 @@ class NucleiPredictor:
         scaled window by window (the whole image is never held as floats)."""
 
         def one_pass(window: np.ndarray | torch.Tensor) -> np.ndarray:
+            if self.normalize_stain is not None:
+                window = self.normalize_stain(torch.as_tensor(window).cpu().numpy())
             return self.instances_of(self.probabilities(self.scale(window)[None])[0])
 
         if self.grid_tile_size is None or max(rgb.shape[-2:]) <= self.grid_tile_size:

@@ -311,3 +311,31 @@ def test_a_full_resolution_model_evaluates_and_infers_from_its_checkpoint(tmp_pa
     weights = torch.load(root / "models" / "model.pt", weights_only=True)
     assert any(key.startswith("full_resolution_stem.") for key in weights.get("network", weights))
     evaluate_and_infer_one_tile(tmp_path, prepared, common, tta=False)
+
+
+def test_a_stain_normalised_model_stores_its_reference_and_inference_normalises_to_it(tmp_path, prepared):
+    """stain_normalization: the reference rides in the weights; inference builds its predictor from it."""
+    import torch
+    from bundle.stain import MACENKO_REFERENCE
+    from monai.bundle import ConfigParser
+
+    root = tmp_path / "run"
+    common = {"cwd": tmp_path, "bundle_root": str(root), **TINY}
+    result = run_bundle(
+        ["train.json"],
+        dataset_dir=str(prepared),
+        init="scratch",
+        max_epochs=1,
+        val_interval=1,
+        stain_normalization=True,
+        **common,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    weights = torch.load(root / "models" / "model.pt", weights_only=True)
+    np.testing.assert_allclose(weights.get("network", weights)["stain_reference"].numpy(), MACENKO_REFERENCE, atol=1e-6)
+    parser = ConfigParser()
+    parser.read_config(str(REPO_ROOT / "configs" / "inference.json"))
+    parser.update({"bundle_root": str(root), "backbone": "resnet10"})
+    stain = parser.get_parsed_content("predictor").normalize_stain
+    np.testing.assert_allclose(stain.target_stains, np.asarray(MACENKO_REFERENCE)[:, :2], atol=1e-6)
+    evaluate_and_infer_one_tile(tmp_path, prepared, common, tta=False)
