@@ -268,25 +268,26 @@ def evaluate_and_infer_one_tile(tmp_path, prepared, common: dict, tta: bool) -> 
     assert len(nuclei_per_tile(tmp_path / "out")) == 1
 
 
-def test_a_hover_model_trains_stores_its_contact_threshold_and_infers_from_its_checkpoint(tmp_path, prepared):
-    """hover_weight > 0: a 5-channel network; evaluation and inference build it from the checkpoint alone."""
+def train_one_epoch(tmp_path, prepared, **overrides) -> tuple[dict, dict]:
+    """Fine-tune for one epoch in ``tmp_path / "run"`` with ``overrides``; the common run
+    arguments for :func:`evaluate_and_infer_one_tile`, and the model's network weights."""
     import torch
 
     root = tmp_path / "run"
     common = {"cwd": tmp_path, "bundle_root": str(root), **TINY}
     result = run_bundle(
-        ["train.json"],
-        dataset_dir=str(prepared),
-        init="scratch",
-        max_epochs=1,
-        val_interval=1,
-        hover_weight=1.0,
-        **common,
+        ["train.json"], dataset_dir=str(prepared), init="scratch", max_epochs=1, val_interval=1, **overrides, **common
     )
     assert result.returncode == 0, result.stderr[-3000:]
     weights = torch.load(root / "models" / "model.pt", weights_only=True)
-    assert weights.get("network", weights)["segmentation_head.0.weight"].shape[0] == 5
-    stored = json.loads((root / "models" / "model.postprocess.json").read_text())
+    return common, weights.get("network", weights)
+
+
+def test_a_hover_model_trains_stores_its_contact_threshold_and_infers_from_its_checkpoint(tmp_path, prepared):
+    """hover_weight > 0: a 5-channel network; evaluation and inference build it from the checkpoint alone."""
+    common, weights = train_one_epoch(tmp_path, prepared, hover_weight=1.0)
+    assert weights["segmentation_head.0.weight"].shape[0] == 5
+    stored = json.loads((Path(common["bundle_root"]) / "models" / "model.postprocess.json").read_text())
     assert stored["contact_threshold"] in (0.02, 0.03, 0.05, 0.08, 1.0)
     assert {"contact_threshold"} < set(stored["chosen_by"]["trials"][0])
     evaluate_and_infer_one_tile(tmp_path, prepared, common, tta=True)
@@ -294,48 +295,21 @@ def test_a_hover_model_trains_stores_its_contact_threshold_and_infers_from_its_c
 
 def test_a_full_resolution_model_evaluates_and_infers_from_its_checkpoint(tmp_path, prepared):
     """full_resolution_skip: evaluation and inference rebuild the stem from the checkpoint alone."""
-    import torch
-
-    root = tmp_path / "run"
-    common = {"cwd": tmp_path, "bundle_root": str(root), **TINY}
-    result = run_bundle(
-        ["train.json"],
-        dataset_dir=str(prepared),
-        init="scratch",
-        max_epochs=1,
-        val_interval=1,
-        full_resolution_skip=True,
-        **common,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    weights = torch.load(root / "models" / "model.pt", weights_only=True)
-    assert any(key.startswith("full_resolution_stem.") for key in weights.get("network", weights))
+    common, weights = train_one_epoch(tmp_path, prepared, full_resolution_skip=True)
+    assert any(key.startswith("full_resolution_stem.") for key in weights)
     evaluate_and_infer_one_tile(tmp_path, prepared, common, tta=False)
 
 
 def test_a_stain_normalised_model_stores_its_reference_and_inference_normalises_to_it(tmp_path, prepared):
     """stain_normalization: the reference rides in the weights; inference builds its predictor from it."""
-    import torch
     from bundle.stain import MACENKO_REFERENCE
     from monai.bundle import ConfigParser
 
-    root = tmp_path / "run"
-    common = {"cwd": tmp_path, "bundle_root": str(root), **TINY}
-    result = run_bundle(
-        ["train.json"],
-        dataset_dir=str(prepared),
-        init="scratch",
-        max_epochs=1,
-        val_interval=1,
-        stain_normalization=True,
-        **common,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    weights = torch.load(root / "models" / "model.pt", weights_only=True)
-    np.testing.assert_allclose(weights.get("network", weights)["stain_reference"].numpy(), MACENKO_REFERENCE, atol=1e-6)
+    common, weights = train_one_epoch(tmp_path, prepared, stain_normalization=True)
+    np.testing.assert_allclose(weights["stain_reference"].numpy(), MACENKO_REFERENCE, atol=1e-6)
     parser = ConfigParser()
     parser.read_config(str(REPO_ROOT / "configs" / "inference.json"))
-    parser.update({"bundle_root": str(root), "backbone": "resnet10"})
+    parser.update({"bundle_root": common["bundle_root"], "backbone": "resnet10"})
     stain = parser.get_parsed_content("predictor").normalize_stain
     np.testing.assert_allclose(stain.target_stains, np.asarray(MACENKO_REFERENCE)[:, :2], atol=1e-6)
     evaluate_and_infer_one_tile(tmp_path, prepared, common, tta=False)
