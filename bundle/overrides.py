@@ -62,7 +62,7 @@ PARAMETER_DOCS = {
     "roi_size": "sliding-window side in pixels",
     "sections": "datalist sections to run on, e.g. ['validation']",
     "seed": "random seed",
-    "stain_normalization": "fine-tuning: Macenko stain normalisation of every tile (stored with the model, applied after)",
+    "stain_normalization": "Macenko stain normalisation of every tile (fine-tuning: stored with the model, applied after)",
     "tta": "flip test-time augmentation (4 flips averaged)",
     "val_interval": "epochs between validations",
 }

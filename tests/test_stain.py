@@ -115,3 +115,16 @@ def test_the_predictor_normalises_an_image_before_the_network_sees_it():
     plain = NucleiPredictor(network, SimpleInferer(), ClassMapToInstances())
     np.testing.assert_array_equal(with_stain(torch.as_tensor(image)), plain(StainNormalize()(image)))
     np.testing.assert_allclose(seen[0][0].numpy(), StainNormalize()(image) / 255.0, atol=1e-6)
+
+
+@pytest.mark.parametrize("config, load", [("train.json", "load_tile"), ("pretrain.json", "train#load")])
+def test_the_option_adds_the_normalisation_after_loading_in_fine_tuning_and_pretraining(config, load):
+    from conftest import REPO_ROOT
+    from monai.bundle import ConfigParser
+
+    for enabled in (False, True):
+        parser = ConfigParser()
+        parser.read_config(str(REPO_ROOT / "configs" / config))
+        parser["stain_normalization"] = enabled
+        kinds = [type(transform).__name__ for transform in parser.get_parsed_content(load)]
+        assert kinds[0] == "LoadTiled" and ("StainNormalized" in kinds) == enabled
