@@ -65,6 +65,7 @@ PARAMETER_DOCS = {
     "stain_normalization": "Macenko stain normalisation of every tile (fine-tuning: stored with the model, applied after)",
     "tta": "flip test-time augmentation (4 flips averaged)",
     "val_interval": "epochs between validations",
+    "view_size": "pretraining: side of the anchor and positive regions, resized to --crop_size (> crop_size: zoomed out)",
 }
 
 

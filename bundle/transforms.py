@@ -105,7 +105,15 @@ class TripletCrop(Randomizable, Transform):
       to S with ``mode``: it shows fewer, larger nuclei than the positive.
 
     Paper values (1000x1000 tiles at 40x): S = 768, negative sides {512, 256, 128, 64}.
-    An image smaller than S raises ``ValueError``: a silent rescale would change nucleus size,
+
+    ``view_size`` V (default S, the paper's triplet) zooms every view out: anchor and positive
+    are V crops resized down to S, the negative a sub-crop of the positive's V region. With
+    V > S and every negative side >= S, no view is ever enlarged, so the negative is not
+    blurrier than the positive (with ``mode`` "area", all three are antialiased reductions):
+    resampling blur, which the paper's negative carries and its positive does not, no longer
+    tells them apart, only nucleus size and count do (docs/results/cpu_zoomout.md).
+
+    An image smaller than V raises ``ValueError``: a silent rescale would change nucleus size,
     the very cue the method learns from. Boxes of the last call are in :attr:`boxes` as
     ``{"anchor"|"positive"|"negative": (row, col, side)}`` (negative relative to the image).
     """
@@ -116,14 +124,18 @@ class TripletCrop(Randomizable, Transform):
         max_shift: int = 232,
         negative_sizes: Sequence[int] = (512, 256, 128, 64),
         mode: str = "bilinear",
+        view_size: int | None = None,
     ):
-        if any(not 0 < side < crop_size for side in negative_sizes) or not negative_sizes:
+        view_size = crop_size if view_size is None else view_size
+        if view_size < crop_size:
+            raise ValueError(f"view_size must be >= crop_size={crop_size}, got {view_size}")
+        if any(not 0 < side < view_size for side in negative_sizes) or not negative_sizes:
             raise ValueError(
-                f"negative_sizes {list(negative_sizes)} must be non-empty and each in (0, crop_size={crop_size})"
+                f"negative_sizes {list(negative_sizes)} must be non-empty and each in (0, view_size={view_size})"
             )
         if max_shift < 0:
             raise ValueError(f"max_shift must be >= 0, got {max_shift}")
-        self.crop_size, self.max_shift, self.mode = crop_size, max_shift, mode
+        self.crop_size, self.view_size, self.max_shift, self.mode = crop_size, view_size, max_shift, mode
         self.negative_sizes = tuple(negative_sizes)
         self.boxes: dict[str, tuple[int, int, int]] = {}
 
@@ -132,9 +144,10 @@ class TripletCrop(Randomizable, Transform):
         return int(self.R.randint(low, high + 1))
 
     def randomize(self, shape: tuple[int, int]) -> None:
-        size = self.crop_size
+        size = self.view_size
         if shape[0] < size or shape[1] < size:
-            raise ValueError(f"image of {shape[0]}x{shape[1]} px is smaller than crop_size={size}")
+            name = "crop_size" if size == self.crop_size else "view_size"
+            raise ValueError(f"image of {shape[0]}x{shape[1]} px is smaller than {name}={size}")
         row_limit, col_limit = shape[0] - size, shape[1] - size
         row, col = int(self.R.randint(0, row_limit + 1)), int(self.R.randint(0, col_limit + 1))
         pos_row, pos_col = self._shifted(row, row_limit), self._shifted(col, col_limit)
@@ -150,8 +163,9 @@ class TripletCrop(Randomizable, Transform):
     def __call__(self, image: np.ndarray, randomize: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if randomize:
             self.randomize(image.shape[-2:])
-        anchor, positive, negative = (image[:, r : r + s, c : c + s] for r, c, s in self.boxes.values())
-        return anchor, positive, resize_square(negative, self.crop_size, self.mode)
+        views = (image[:, r : r + s, c : c + s] for r, c, s in self.boxes.values())
+        size = self.crop_size
+        return tuple(view if view.shape[-1] == size else resize_square(view, size, self.mode) for view in views)
 
 
 class TripletCropd(Randomizable, MapTransform):
@@ -170,11 +184,12 @@ class TripletCropd(Randomizable, MapTransform):
         mode: str = "bilinear",
         output_keys: Sequence[str] = ("anchor", "positive", "negative"),
         keep_source: bool = False,
+        view_size: int | None = None,
     ):
         super().__init__(keys)
         if len(self.keys) != 1:
             raise ValueError(f"TripletCropd takes one source key, got {self.keys}")
-        self.cropper = TripletCrop(crop_size, max_shift, negative_sizes, mode)
+        self.cropper = TripletCrop(crop_size, max_shift, negative_sizes, mode, view_size)
         self.output_keys, self.keep_source = tuple(output_keys), keep_source
 
     def set_random_state(self, seed: int | None = None, state: np.random.RandomState | None = None) -> "TripletCropd":

@@ -59,7 +59,16 @@ def test_dict_version_outputs_three_keys_and_drops_source():
     assert set(out) == {"anchor", "positive", "negative"}
 
 
-@pytest.mark.parametrize("kwargs", [{"negative_sizes": (128,)}, {"negative_sizes": ()}, {"max_shift": -1}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"negative_sizes": (128,)},
+        {"negative_sizes": ()},
+        {"max_shift": -1},
+        {"view_size": 64},
+        {"view_size": 192, "negative_sizes": (192,)},
+    ],
+)
 def test_invalid_settings_refused(kwargs):
     with pytest.raises(ValueError):
         TripletCrop(**{"crop_size": 128, "max_shift": 10, "negative_sizes": (64,), **kwargs})
@@ -79,3 +88,30 @@ def test_hed_jitter_changes_colour_and_is_shared_across_keys():
     assert not torch.allclose(out["a"], image, atol=1e-3)
     torch.testing.assert_close(out["a"], out["b"])
     assert out["a"].min() >= 0 and out["a"].max() <= 1
+
+
+def test_zoomed_out_views_are_reductions_of_their_regions():
+    image = _image(400, 400)
+    crop = TripletCrop(crop_size=64, max_shift=40, negative_sizes=(96, 64), mode="area", view_size=128)
+    anchor, positive, negative = crop.set_random_state(5)(image)
+    (ar, ac, asz), (pr, pc, psz), (nr, nc, nsz) = crop.boxes.values()
+    assert asz == psz == 128 and nsz in (96, 64)
+    assert pr <= nr and nr + nsz <= pr + 128 and pc <= nc and nc + nsz <= pc + 128
+    halved = image[:, ar : ar + 128, ac : ac + 128].reshape(3, 64, 2, 64, 2).astype(float).mean(axis=(2, 4))
+    np.testing.assert_allclose(anchor, halved, atol=0.51)
+    assert positive.shape == negative.shape == (3, 64, 64)
+    if nsz == 64:  # a negative of crop_size is the region itself, not resampled
+        np.testing.assert_array_equal(negative, image[:, nr : nr + 64, nc : nc + 64])
+
+
+def test_default_view_size_keeps_the_paper_triplet():
+    image = _image()
+    paper = TripletCrop(128, 40, POOL).set_random_state(9)(image)
+    explicit = TripletCrop(128, 40, POOL, view_size=128).set_random_state(9)(image)
+    assert all(np.array_equal(a, b) for a, b in zip(paper, explicit))
+
+
+def test_image_smaller_than_the_view_is_refused_by_name():
+    transform = TripletCropd(keys="image", crop_size=64, max_shift=10, negative_sizes=(64,), view_size=256)
+    with pytest.raises(ValueError, match=r"tile_3\.png.*smaller than view_size=256"):
+        transform({"image": _image(200, 300), "image_path": "/data/tile_3.png"})
