@@ -6,6 +6,7 @@ tuning and inference read it back (:func:`bundle.checkpoints.network_stain_refer
 normalise every image to it before the network sees it.
 """
 
+import logging
 from collections.abc import Hashable, Mapping, Sequence
 
 import numpy as np
@@ -13,6 +14,8 @@ from bundle.transforms import PATH_SUFFIX
 from monai.apps.pathology.transforms import ExtractHEStains
 from monai.config import KeysCollection
 from monai.transforms import MapTransform, Transform
+
+logger = logging.getLogger(__name__)
 
 #: State-dict key of the stain reference in a fine-tuned network.
 REFERENCE_BUFFER = "stain_reference"
@@ -52,7 +55,8 @@ class StainNormalize(Transform):
     are scaled so their 99th percentiles match the reference's, and recomposed with the
     reference vectors. The composition is written here because MONAI's ``NormalizeHEStains``
     takes the stain order from the extractor, which swaps H and E (:func:`haematoxylin_first`).
-    A tile with fewer than :data:`MIN_STAINED_PIXELS` stained pixels is returned unchanged.
+    A tile with fewer than :data:`MIN_STAINED_PIXELS` stained pixels is returned unchanged,
+    with a warning naming it (``name``: its file, when known).
 
     Args:
         reference: (3, 3) as :data:`MACENKO_REFERENCE`.
@@ -79,13 +83,15 @@ class StainNormalize(Transform):
         """(N, 3) uint8 -> (N, 3) float32 optical density, as MONAI's extractor computes it."""
         return -np.log((pixels.astype(np.float32) + 1.0).clip(max=self.tli) / self.tli)
 
-    def __call__(self, image: np.ndarray) -> np.ndarray:
+    def __call__(self, image: np.ndarray, name: str = "an image") -> np.ndarray:
         image = np.asarray(image)
         if image.ndim != 3 or image.shape[0] != 3 or image.dtype != np.uint8:
             raise ValueError(f"stain normalisation takes (3, H, W) uint8 RGB, got {image.shape} {image.dtype}")
         pixels = np.moveaxis(image, 0, -1).reshape(-1, 3)
         density = self.optical_density(pixels)
-        if np.count_nonzero(np.all(density > self.beta, axis=1)) < MIN_STAINED_PIXELS:
+        stained = np.count_nonzero(np.all(density > self.beta, axis=1))
+        if stained < MIN_STAINED_PIXELS:
+            logger.warning(f"{name}: left unnormalised, {stained} stained pixels (fewer than {MIN_STAINED_PIXELS})")
             return image
         stains = haematoxylin_first(self.extractor(pixels))
         concentrations = np.linalg.lstsq(stains, density.T, rcond=None)[0]
@@ -112,8 +118,9 @@ class StainNormalized(MapTransform):
     def __call__(self, data: Mapping[Hashable, object]) -> dict:
         d = dict(data)
         for key in self.key_iterator(d):
+            name = str(d.get(key + PATH_SUFFIX, key))
             try:
-                d[key] = self.normalize(d[key])
+                d[key] = self.normalize(d[key], name)
             except (ValueError, np.linalg.LinAlgError) as error:
-                raise ValueError(f"{d.get(key + PATH_SUFFIX, key)}: stain normalisation failed ({error})") from None
+                raise ValueError(f"{name}: stain normalisation failed ({error})") from None
         return d

@@ -57,10 +57,13 @@ def test_haematoxylin_is_the_stain_that_absorbs_red_more_than_blue():
     np.testing.assert_array_equal(haematoxylin_first(REFERENCE[:, :2]), REFERENCE[:, :2])
 
 
-def test_a_tile_with_too_little_stain_is_left_as_it_is():
+def test_a_tile_with_too_little_stain_is_left_as_it_is_and_named(caplog):
     blank = np.full((3, 100, 100), 235, np.uint8)
     blank[:, :10, :10] = 60  # 100 stained pixels: too few to estimate stains from
-    np.testing.assert_array_equal(StainNormalize()(blank), blank)
+    with caplog.at_level("WARNING", logger="bundle.stain"):
+        out = StainNormalized("image")({"image": blank, "image_path": "/data/blank_4.tif"})
+    np.testing.assert_array_equal(out["image"], blank)
+    assert "blank_4.tif: left unnormalised, 100 stained pixels" in caplog.text
 
 
 def test_bad_images_and_references_are_refused():
