@@ -32,6 +32,31 @@ def encoder_feature_channels(backbone: str) -> int:
     return FLEXUNET_BACKBONE.register_dict[backbone]["feature_channel"][-1]
 
 
+def trainable_parameters(network: nn.Module, frozen: Sequence[str] = ()) -> list[nn.Parameter]:
+    """``network``'s parameters, less those whose names start with a prefix in ``frozen``.
+
+    The frozen ones get ``requires_grad = False`` and keep their initial values (pretraining's
+    ``frozen_layers``, e.g. ``["encoder.conv1.", "encoder.bn1."]``: a stem that stays random,
+    so the proxy task has to be solved by the deeper stages); names are those of the network
+    inside a ``DistributedDataParallel`` wrapper. A prefix that names no parameter
+    raises ``ValueError``: a typo would otherwise freeze nothing, silently.
+    """
+    network = getattr(network, "module", network)  # DistributedDataParallel names its parameters module.*
+    prefixes = tuple(frozen)
+    unmatched = [
+        prefix for prefix in prefixes if not any(name.startswith(prefix) for name, _ in network.named_parameters())
+    ]
+    if unmatched:
+        raise ValueError(f"frozen_layers {unmatched} name no parameter of {type(network).__name__}")
+    trainable = []
+    for name, parameter in network.named_parameters():
+        if prefixes and name.startswith(prefixes):
+            parameter.requires_grad_(False)
+        else:
+            trainable.append(parameter)
+    return trainable
+
+
 class TripletEncoderNet(nn.Module):
     """Shared-weight encoder for instance-aware pretraining.
 

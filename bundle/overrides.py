@@ -45,6 +45,7 @@ PARAMETER_DOCS = {
     "dataset_dir": "a prepared folder, a datalist JSON, a folder of tiles, or one tile",
     "encoder_lr_scale": "fine-tuning: the encoder's learning rate as a multiple of --learning_rate",
     "epoch_steps": "optimiser steps per epoch",
+    "frozen_layers": "pretraining: parameter-name prefixes kept at their initialisation, e.g. ['encoder.conv1.', 'encoder.bn1.']",
     "full_resolution_skip": "fine-tuning: a full-resolution stem joins the decoder's last block (read from the checkpoint after)",
     "hover_weight": "fine-tuning: weight of the HoVer-map terms (0: the 3-class map alone; > 0: 5 output channels)",
     "init": "encoder initialisation: ssl, scratch or imagenet",

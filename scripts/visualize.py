@@ -23,6 +23,7 @@ from pathlib import Path
 import fire
 import matplotlib
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, so `bundle` imports when run as a script
 
@@ -31,6 +32,9 @@ matplotlib.use("Agg")  # files only, no display
 from bundle.atomic import atomic_path  # noqa: E402
 from bundle.data import read_image  # noqa: E402
 from bundle.density import DensityPair, density_pair, load_network  # noqa: E402
+from bundle.feature_rank import stage_effective_ranks  # noqa: E402
+from bundle.initialization import initialize_encoder  # noqa: E402
+from bundle.networks import segmentation_unet  # noqa: E402
 from bundle.proxy_cues import proxy_cues  # noqa: E402
 from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
@@ -195,6 +199,33 @@ def cues(
     print(json.dumps(figures, indent=1))
 
 
+def ranks(
+    encoder: str = "models/pretrained_encoder.pt",
+    image: str | Sequence[str] | None = None,
+    backbone: str = "resnet18",
+    shrink: float = 1.0,
+    seed: int = 0,
+) -> None:
+    """Print the effective rank of each stage of an encoder's feature maps over whole tiles.
+
+    Args:
+        encoder: an encoder weights file (``models/pretrained_encoder.pt``), or ``random``.
+        image: one tile or several (repeat ``--image``).
+        backbone: the encoder's ResNet.
+        shrink: blend the loaded weights with a random initialisation as fine-tuning's
+            ``init_shrink`` does (1: as loaded).
+        seed: the random initialisation's seed.
+    """
+    torch.manual_seed(seed)
+    network = segmentation_unet(backbone)
+    if encoder == "random":
+        initialize_encoder(network, "scratch")
+    else:
+        initialize_encoder(network, "ssl", encoder, shrink)
+    images = [np.ascontiguousarray(read_image(path).transpose(2, 0, 1)) for path in image_paths(image)]
+    print(json.dumps(stage_effective_ranks(network.encoder, images), indent=1))
+
+
 if __name__ == "__main__":
     sys.argv[1:] = merge_repeated_flag(sys.argv[1:], "image")
-    fire.Fire({"density": density, "cues": cues})
+    fire.Fire({"density": density, "cues": cues, "ranks": ranks})

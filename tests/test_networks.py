@@ -1,7 +1,7 @@
 import pytest
 import torch
 from bundle.engine import PrepareTripletBatch
-from bundle.networks import TripletEncoderNet, segmentation_unet
+from bundle.networks import TripletEncoderNet, segmentation_unet, trainable_parameters
 
 
 @pytest.fixture(scope="module")
@@ -73,3 +73,19 @@ def test_one_batched_pass_embeds_anchor_positive_negative(net):
 def test_unknown_backbone_is_refused():
     with pytest.raises(ValueError, match="unknown backbone"):
         TripletEncoderNet(backbone="resnet7")
+
+
+def test_frozen_layers_leave_the_optimiser_and_stop_their_gradients():
+    net = TripletEncoderNet(backbone="resnet10", embedding_dim=8)
+    trainable = trainable_parameters(net, ["encoder.conv1.", "encoder.bn1."])
+    frozen = [p for n, p in net.named_parameters() if n.startswith(("encoder.conv1.", "encoder.bn1."))]
+    assert len(frozen) == 3 and all(not p.requires_grad for p in frozen)
+    assert {id(p) for p in trainable} == {id(p) for p in net.parameters()} - {id(p) for p in frozen}
+    wrapped = torch.nn.Module()
+    wrapped.module = TripletEncoderNet(backbone="resnet10", embedding_dim=8)  # as DistributedDataParallel holds it
+    assert len(trainable_parameters(wrapped, ["encoder.conv1."])) == len(list(wrapped.module.parameters())) - 1
+
+
+def test_a_frozen_prefix_that_names_nothing_is_refused():
+    with pytest.raises(ValueError, match="frozen_layers \\['encoder.cnv1.'\\] name no parameter"):
+        trainable_parameters(TripletEncoderNet(backbone="resnet10", embedding_dim=8), ["encoder.cnv1."])

@@ -30,6 +30,21 @@ def test_two_iterations_write_encoder_checkpoint_and_logs(tmp_path, synthetic_di
     assert list((tmp_path / "runs" / "pretrain").glob("events.out.tfevents.*"))
 
 
+def test_frozen_layers_keep_their_initial_weights(tmp_path, synthetic_dir):
+    encoders = []
+    for epochs in (1, 2):
+        root = tmp_path / f"epochs_{epochs}"
+        frozen = {"frozen_layers": "['encoder.conv1.']", "max_epochs": epochs}
+        result = run_bundle(
+            ["pretrain.json"], cwd=tmp_path, bundle_root=str(root), dataset_dir=str(synthetic_dir), **{**TINY, **frozen}
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        encoders.append(torch.load(root / "models" / "pretrained_encoder.pt", weights_only=True))
+    one, two = encoders  # the same seed, so the same initialisation: one and two epochs from it
+    assert torch.equal(one["conv1.weight"], two["conv1.weight"])
+    assert not torch.equal(one["layer1.0.conv1.weight"], two["layer1.0.conv1.weight"])
+
+
 @pytest.mark.slow
 def test_resumes_from_the_last_checkpoint(tmp_path, synthetic_dir):
     common = {"bundle_root": str(tmp_path), "dataset_dir": str(synthetic_dir), **TINY}
