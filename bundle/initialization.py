@@ -12,7 +12,6 @@ from pathlib import Path
 import torch
 from bundle.checkpoints import CheckpointError, load_checkpoint
 from monai.networks.nets import FlexibleUNet
-from torch import nn
 
 logger = logging.getLogger(__name__)
 
@@ -74,21 +73,7 @@ def load_encoder_weights(network: FlexibleUNet, path: str | Path, drop_prefixes:
     return len(state)
 
 
-def shrink_and_perturb(module: nn.Module, initial: dict[str, torch.Tensor], shrink: float) -> None:
-    """Every floating-point tensor of ``module`` (in place) -> ``shrink`` x itself + (1 - ``shrink``) x ``initial``'s.
-
-    Ash & Adams 2020 ("On warm-starting neural network training"): weights loaded from another
-    task, shrunk towards a fresh random initialisation, generalise better after fine-tuning
-    than the loaded weights alone; ``initial`` is the module's own random initialisation.
-    """
-    for key, value in module.state_dict().items():
-        if value.is_floating_point():
-            value.mul_(shrink).add_(initial[key], alpha=1.0 - shrink)
-
-
-def initialize_encoder(
-    network: FlexibleUNet, init: str = "ssl", weights: str | Path | None = None, shrink: float = 1.0
-) -> FlexibleUNet:
+def initialize_encoder(network: FlexibleUNet, init: str = "ssl", weights: str | Path | None = None) -> FlexibleUNet:
     """Start ``network``'s encoder from ``init`` (in place) and return the network; the decoder is left as it is.
 
     - ``scratch``: the encoder stays as built, random (``weights`` must be None);
@@ -96,16 +81,11 @@ def initialize_encoder(
     - ``imagenet``: a torchvision ResNet state-dict file the user provides (its ``fc.*``
       classifier is dropped; MONAI's ResNet has torchvision's key names). Nothing is downloaded.
 
-    ``shrink`` in (0, 1] (train.json's ``init_shrink``): below 1, the loaded weights are blended
-    with the encoder's random initialisation (:func:`shrink_and_perturb`); scratch ignores it.
-
     ``configs/train.json`` runs it as the first step of ``run``, so ``network_def`` is the
     architecture only and evaluation or inference configs never need an encoder file.
     """
     if init not in INIT_MODES:
         raise ValueError(f"init must be one of {INIT_MODES}, got {init!r}")
-    if not 0.0 < shrink <= 1.0:
-        raise ValueError(f"init_shrink must be in (0, 1], got {shrink}")
     if init == "scratch":
         if weights is not None:
             raise ValueError(f"init='scratch' takes no weights file, got {weights}")
@@ -113,16 +93,8 @@ def initialize_encoder(
         return network
     if weights is None:
         raise ValueError(f"init='{init}' needs a weights file")
-    initial = {key: value.clone() for key, value in network.encoder.state_dict().items()} if shrink < 1.0 else {}
     loaded = load_encoder_weights(network, weights, drop_prefixes=("fc.",) if init == "imagenet" else ())
-    if shrink < 1.0:
-        shrink_and_perturb(network.encoder, initial, shrink)
     logger.info(
-        "encoder '%s' initialised from %s weights %s: %d tensors matched%s",
-        network.backbone,
-        init,
-        weights,
-        loaded,
-        f", shrunk by {shrink} towards its random initialisation" if shrink < 1.0 else "",
+        "encoder '%s' initialised from %s weights %s: %d tensors matched", network.backbone, init, weights, loaded
     )
     return network

@@ -31,7 +31,7 @@ POSITIVE = {
     "sw_batch_size",
 }
 NON_NEGATIVE = {"num_workers", "weight_decay", "seed", "max_shift", "label_subset_seed", "hover_weight"}
-UNIT_INTERVAL = {"label_fraction", "init_shrink"}  # (0, 1]
+UNIT_INTERVAL = {"label_fraction"}  # (0, 1]
 
 
 # One line per parameter users set most, shown by ``--help``.
@@ -49,7 +49,6 @@ PARAMETER_DOCS = {
     "full_resolution_skip": "fine-tuning: a full-resolution stem joins the decoder's last block (read from the checkpoint after)",
     "hover_weight": "fine-tuning: weight of the HoVer-map terms (0: the 3-class map alone; > 0: 5 output channels)",
     "init": "encoder initialisation: ssl, scratch or imagenet",
-    "init_shrink": "fine-tuning: loaded encoder weights x this + their random initialisation x (1 - this); 1: as loaded",
     "init_weights": "encoder weights file for --init ssl or imagenet",
     "label_fraction": "share of the labelled training tiles used, in (0, 1]",
     "label_subset_seed": "None: the first tiles of the datalist's order; an integer: tiles drawn with that seed",

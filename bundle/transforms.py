@@ -111,7 +111,7 @@ class TripletCrop(Randomizable, Transform):
     V > S and every negative side >= S, no view is ever enlarged, so the negative is not
     blurrier than the positive (with ``mode`` "area", all three are antialiased reductions):
     resampling blur, which the paper's negative carries and its positive does not, no longer
-    tells them apart, only nucleus size and count do (docs/results/cpu_zoomout.md).
+    tells them apart, only nucleus size and count do (docs/results/cpu_ssl_transfer.md).
 
     An image smaller than V raises ``ValueError``: a silent rescale would change nucleus size,
     the very cue the method learns from. Boxes of the last call are in :attr:`boxes` as

@@ -203,7 +203,6 @@ def ranks(
     encoder: str = "models/pretrained_encoder.pt",
     image: str | Sequence[str] | None = None,
     backbone: str = "resnet18",
-    shrink: float = 1.0,
     seed: int = 0,
 ) -> None:
     """Print the effective rank of each stage of an encoder's feature maps over whole tiles.
@@ -212,16 +211,14 @@ def ranks(
         encoder: an encoder weights file (``models/pretrained_encoder.pt``), or ``random``.
         image: one tile or several (repeat ``--image``).
         backbone: the encoder's ResNet.
-        shrink: blend the loaded weights with a random initialisation as fine-tuning's
-            ``init_shrink`` does (1: as loaded).
-        seed: the random initialisation's seed.
+        seed: the random encoder's seed.
     """
     torch.manual_seed(seed)
     network = segmentation_unet(backbone)
     if encoder == "random":
         initialize_encoder(network, "scratch")
     else:
-        initialize_encoder(network, "ssl", encoder, shrink)
+        initialize_encoder(network, "ssl", encoder)
     images = [np.ascontiguousarray(read_image(path).transpose(2, 0, 1)) for path in image_paths(image)]
     print(json.dumps(stage_effective_ranks(network.encoder, images), indent=1))
 

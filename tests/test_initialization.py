@@ -26,25 +26,6 @@ def test_ssl_init_copies_every_encoder_tensor_and_leaves_decoder_random(encoder_
     assert not torch.equal(scratch.encoder.conv1.weight, state["conv1.weight"])
 
 
-def test_shrink_blends_the_loaded_weights_with_the_random_initialisation(encoder_file):
-    path, state = encoder_file
-    torch.manual_seed(2)
-    scratch = initialize_encoder(segmentation_unet("resnet18"), "scratch").encoder.state_dict()
-    torch.manual_seed(2)
-    net = initialize_encoder(segmentation_unet("resnet18"), "ssl", path, shrink=0.25)
-    for name, tensor in net.encoder.state_dict().items():
-        if tensor.is_floating_point():
-            torch.testing.assert_close(tensor, 0.25 * state[name] + 0.75 * scratch[name], msg=name)
-        else:
-            assert torch.equal(tensor, state[name]), name  # batch counters are loaded, not blended
-
-
-@pytest.mark.parametrize("shrink", [0.0, 1.5])
-def test_shrink_outside_the_unit_interval_is_refused(encoder_file, shrink):
-    with pytest.raises(ValueError, match="init_shrink must be in \\(0, 1\\]"):
-        initialize_encoder(segmentation_unet("resnet18"), "ssl", encoder_file[0], shrink=shrink)
-
-
 def test_imagenet_init_drops_the_classifier(tmp_path):
     state = build_encoder("resnet18").state_dict()
     state["fc.weight"], state["fc.bias"] = torch.zeros(1000, 512), torch.zeros(1000)
