@@ -9,7 +9,6 @@ Jigsaw) and :class:`ColorRegressionLoss` (ColorMe). Fine-tuning with a HoVer map
 
 import torch
 from bundle.targets import HOVER_CHANNELS, N_CLASSES
-from monai.losses import BarlowTwinsLoss
 from monai.transforms import SobelGradients
 from monai.utils import CommonKeys
 from torch import nn
@@ -31,49 +30,30 @@ def split_triplets(
 
 
 class InstanceAwareLoss(nn.Module):
-    """``w_st * L_ST + w_cr * L_CR`` (+ ``w_bt * L_BT``, off by default).
+    """``w_st * L_ST + w_cr * L_CR``.
 
     - L_ST, scale-wise triplet: ``mean(max(0, d(za, zp) - d(za, zn) + margin_triplet))``,
       d = squared L2 (torch ``TripletMarginWithDistanceLoss``).
     - L_CR, count ranking: ``mean(max(0, f(zn) - f(zp) + margin_rank))``: the positive holds
       more nuclei than its zoomed-in negative (torch ``MarginRankingLoss`` with target 1).
-    - L_BT, not in the paper: MONAI's ``BarlowTwinsLoss`` between anchors and positives (the
-      cross-correlation of their embeddings over the batch, pulled towards the identity), a
-      redundancy-reduction term against the collapse of the embedding onto a few directions
-      that the two margin losses allow (docs/results/cpu_ssl_transfer.md).
 
     Setting a weight to 0 gives the paper's ablations (L_ST only, L_CR only).
     """
 
-    def __init__(
-        self,
-        margin_triplet: float = 1.0,
-        margin_rank: float = 1.0,
-        w_st: float = 1.0,
-        w_cr: float = 1.0,
-        w_bt: float = 0.0,
-        barlow_lambda: float = 5e-3,
-    ):
+    def __init__(self, margin_triplet: float = 1.0, margin_rank: float = 1.0, w_st: float = 1.0, w_cr: float = 1.0):
         super().__init__()
-        if w_st < 0 or w_cr < 0 or w_bt < 0 or w_st + w_cr == 0:
-            raise ValueError(
-                f"loss weights must be >= 0 and w_st, w_cr not both 0, got w_st={w_st}, w_cr={w_cr}, w_bt={w_bt}"
-            )
-        self.w_st, self.w_cr, self.w_bt = w_st, w_cr, w_bt
+        if w_st < 0 or w_cr < 0 or w_st + w_cr == 0:
+            raise ValueError(f"loss weights must be >= 0 and not both 0, got w_st={w_st}, w_cr={w_cr}")
+        self.w_st, self.w_cr = w_st, w_cr
         self.triplet = nn.TripletMarginWithDistanceLoss(distance_function=squared_l2, margin=margin_triplet)
         self.ranking = nn.MarginRankingLoss(margin=margin_rank)
-        self.barlow = BarlowTwinsLoss(lambd=barlow_lambda)
 
     def terms(self, pred: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The loss terms in use and the weighted total, as 0-d tensors."""
+        """Both loss terms and the weighted total, as 0-d tensors."""
         (za, zp, zn), (_, fp, fn) = split_triplets(pred)
         l_st = self.triplet(za, zp, zn)
         l_cr = self.ranking(fp, fn, torch.ones_like(fp))
-        terms = {"loss": self.w_st * l_st + self.w_cr * l_cr, "l_st": l_st, "l_cr": l_cr}
-        if self.w_bt:
-            terms["l_bt"] = self.barlow(za.float(), zp.float())
-            terms["loss"] = terms["loss"] + self.w_bt * terms["l_bt"]
-        return terms
+        return {"loss": self.w_st * l_st + self.w_cr * l_cr, "l_st": l_st, "l_cr": l_cr}
 
     def forward(self, pred: tuple[torch.Tensor, torch.Tensor], target: object = None) -> torch.Tensor:
         """Total loss; ``target`` is unused (self-supervised) and kept for the engine's call signature."""

@@ -30,7 +30,7 @@ POSITIVE = {
     "learning_rate",
     "sw_batch_size",
 }
-NON_NEGATIVE = {"num_workers", "weight_decay", "seed", "max_shift", "label_subset_seed", "hover_weight", "w_bt"}
+NON_NEGATIVE = {"num_workers", "weight_decay", "seed", "max_shift", "label_subset_seed", "hover_weight"}
 UNIT_INTERVAL = {"label_fraction"}  # (0, 1]
 
 
@@ -67,7 +67,6 @@ PARAMETER_DOCS = {
     "tta": "flip test-time augmentation (4 flips averaged)",
     "val_interval": "epochs between validations",
     "view_size": "pretraining: side of the anchor and positive regions, resized to --crop_size (> crop_size: zoomed out)",
-    "w_bt": "pretraining: weight of a Barlow Twins term between anchors and positives (0: the paper's loss)",
 }
 
 

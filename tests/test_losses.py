@@ -31,21 +31,9 @@ def test_margins_are_used():
     assert terms["l_cr"].item() == pytest.approx(0.25)
 
 
-def test_barlow_term_is_off_by_default_and_adds_monai_barlow_twins_of_anchors_and_positives():
-    assert "l_bt" not in InstanceAwareLoss().terms(_pred())
-    # anchors (0,0),(1,0), positives (1,0),(0,2), each dimension standardised with the n-1 std and
-    # the cross-correlation divided by n = 2 (as MONAI does): c = [[-0.5, 0.5], [0, 0]] (the anchors'
-    # dimension 1 is constant), so (c - I)^2 = [[2.25, 0.25 * lambda], [0, 1]]: 3.275 for lambda 0.1
-    terms = InstanceAwareLoss(w_bt=0.5, barlow_lambda=0.1).terms(_pred())
-    assert terms["l_bt"].item() == pytest.approx(3.275, rel=1e-4)
-    assert terms["loss"].item() == pytest.approx(4.875 + 0.5 * terms["l_bt"].item())
-
-
 def test_invalid_weights_and_batches_refused():
     with pytest.raises(ValueError, match="not both 0"):
         InstanceAwareLoss(w_st=0.0, w_cr=0.0)
-    with pytest.raises(ValueError, match="w_bt=-1"):
-        InstanceAwareLoss(w_bt=-1.0)
     with pytest.raises(ValueError, match="3B rows"):
         InstanceAwareLoss()((torch.zeros(4, 2), torch.zeros(4)))
 
