@@ -28,7 +28,12 @@ def effective_rank(covariance: torch.Tensor) -> float:
 
 
 class ChannelCovariance:
-    """Running channel covariance of feature maps (1, C, h, w), pooled over maps and positions."""
+    """Running channel covariance of feature maps (1, C, h, w), pooled over maps and positions.
+
+    By hand rather than ``torch.cov`` on all positions at once: a 1000 px tile's stem map alone
+    has 250,000 positions, so six tiles would hold ~0.8 GB of float64 features; the running
+    sums hold (C, C).
+    """
 
     def __init__(self):
         self.count, self.total, self.products = 0, None, None
