@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+from bundle.networks import DOWNSAMPLE_BUFFER
 from bundle.stain import REFERENCE_BUFFER
 from ignite.handlers import Checkpoint
 from monai.handlers import CheckpointLoader
@@ -174,6 +175,14 @@ def network_has_full_resolution_skip(path: str | Path) -> bool:
     """Whether checkpoint ``path`` holds a :class:`bundle.networks.FullResolutionUNet` (its stem's
     weights); False when the file is missing."""
     return any(key.startswith("full_resolution_stem.") for key in _network_state(path) or {})
+
+
+def network_input_downsample(path: str | Path) -> int:
+    """The factor by which the model in checkpoint ``path`` reduces its input
+    (:class:`bundle.networks.DownsampledInputUNet`); 1 for a model at the input's scale or when
+    the file is missing."""
+    factor = (_network_state(path) or {}).get(DOWNSAMPLE_BUFFER)
+    return int(factor) if isinstance(factor, torch.Tensor) else 1
 
 
 def network_stain_reference(path: str | Path) -> list[list[float]] | None:

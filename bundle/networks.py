@@ -9,6 +9,7 @@ strict keys and no renaming. The baseline proxies reuse it: :class:`PretextClass
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from bundle.stain import REFERENCE_BUFFER
 from monai.networks.nets import FlexibleUNet
 from monai.networks.nets.basic_unet import TwoConv
@@ -126,20 +127,62 @@ class FullResolutionUNet(FlexibleUNet):
         return self.segmentation_head(self.decoder(features, self.skip_connect + 1))
 
 
+#: Buffer of a :class:`DownsampledInputUNet` holding its factor, so a checkpoint says at what scale it works.
+DOWNSAMPLE_BUFFER = "input_downsample"
+
+
+class DownsampledInputUNet(FlexibleUNet):
+    """``FlexibleUNet`` that works on its input reduced by an integer ``factor`` (2: a 40x tile
+    at 20x) and returns logits at the input's size.
+
+    (N, C, H, W) -> area average over ``factor`` x ``factor`` blocks -> U-Net -> logits
+    (N, out_channels, h, w) -> bilinear upsampling -> (N, out_channels, H, W). The network costs
+    about ``factor ** 2`` times less per pixel and sees ``factor`` times more tissue per window,
+    while the loss, thresholds and post-processing stay at the input's resolution (targets are
+    not resampled). H and W should be multiples of ``32 * factor``. MONAI has no such wrapper, and
+    a wrapper module would rename the state-dict keys; here they are FlexibleUNet's, plus
+    :data:`DOWNSAMPLE_BUFFER`, so pretrained encoders load as before.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, backbone: str, factor: int = 2, **kwargs):
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 2:
+            raise ValueError(
+                f"input_downsample must be an integer >= 2 here (1: the plain FlexibleUNet), got {factor!r}"
+            )
+        super().__init__(in_channels, out_channels, backbone, **kwargs)
+        self.factor = factor
+        self.register_buffer(DOWNSAMPLE_BUFFER, torch.tensor(factor))
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        reduced = F.avg_pool2d(inputs, self.factor)
+        logits = self.segmentation_head(self.decoder(self.encoder(reduced), self.skip_connect))
+        return F.interpolate(logits, size=inputs.shape[-2:], mode="bilinear", align_corners=False)
+
+
 def segmentation_unet(
     backbone: str = "resnet101",
     in_channels: int = 3,
     out_channels: int = 3,
     full_resolution_skip: bool = False,
     stain_reference: Sequence[Sequence[float]] | None = None,
+    input_downsample: int = 1,
     **kwargs,
 ) -> FlexibleUNet:
     """The fine-tuning network: ``FlexibleUNet`` with a random decoder (3 classes by default);
-    with ``full_resolution_skip``, a :class:`FullResolutionUNet`. A ``stain_reference``
+    with ``full_resolution_skip``, a :class:`FullResolutionUNet`; with ``input_downsample`` > 1,
+    a :class:`DownsampledInputUNet` (the two exclude each other). A ``stain_reference``
     ((3, 3), :data:`bundle.stain.MACENKO_REFERENCE`) is kept as the buffer
     :data:`bundle.stain.REFERENCE_BUFFER`, so the weights say which stain their inputs had."""
-    network = FullResolutionUNet if full_resolution_skip else FlexibleUNet
-    network = network(in_channels=in_channels, out_channels=out_channels, backbone=backbone, pretrained=False, **kwargs)
+    if full_resolution_skip and input_downsample != 1:
+        raise ValueError(
+            f"full_resolution_skip and input_downsample {input_downsample} exclude each other: "
+            "the network would see no full-resolution image"
+        )
+    args = dict(in_channels=in_channels, out_channels=out_channels, backbone=backbone, pretrained=False, **kwargs)
+    if input_downsample != 1:
+        network = DownsampledInputUNet(factor=input_downsample, **args)
+    else:
+        network = (FullResolutionUNet if full_resolution_skip else FlexibleUNet)(**args)
     if stain_reference is not None:
         network.register_buffer(REFERENCE_BUFFER, torch.as_tensor(stain_reference, dtype=torch.float32))
     return network

@@ -11,6 +11,7 @@ from bundle.checkpoints import (
     archive_problem,
     load_checkpoint,
     network_has_full_resolution_skip,
+    network_input_downsample,
 )
 from bundle.handlers import latest_checkpoint
 from bundle.networks import segmentation_unet
@@ -154,3 +155,11 @@ def test_a_full_resolution_skip_is_read_from_the_checkpoint(tmp_path):
         torch.save({"network": network.state_dict()}, path)
         assert network_has_full_resolution_skip(path) is full_resolution_skip
     assert network_has_full_resolution_skip(tmp_path / "missing.pt") is False
+
+
+def test_the_input_downsample_is_read_from_the_checkpoint(tmp_path):
+    for factor in (1, 2, 4):
+        path = tmp_path / f"model_{factor}.pt"
+        torch.save({"network": segmentation_unet("resnet10", input_downsample=factor).state_dict()}, path)
+        assert network_input_downsample(path) == factor
+    assert network_input_downsample(tmp_path / "missing.pt") == 1

@@ -300,6 +300,20 @@ def test_a_full_resolution_model_evaluates_and_infers_from_its_checkpoint(tmp_pa
     evaluate_and_infer_one_tile(tmp_path, prepared, common, tta=False)
 
 
+def test_a_downsampled_model_evaluates_and_infers_at_the_tiles_resolution_from_its_checkpoint(tmp_path, prepared):
+    """input_downsample 2: the factor rides in the weights; evaluation and inference rebuild the
+    network from the checkpoint alone."""
+    from monai.bundle import ConfigParser
+
+    common, weights = train_one_epoch(tmp_path, prepared, input_downsample=2)
+    assert int(weights["input_downsample"]) == 2
+    parser = ConfigParser()
+    parser.read_config(str(REPO_ROOT / "configs" / "inference.json"))
+    parser.update({"bundle_root": common["bundle_root"], "backbone": "resnet10"})
+    assert parser.get_parsed_content("network").factor == 2
+    evaluate_and_infer_one_tile(tmp_path, prepared, common, tta=True)
+
+
 def test_a_stain_normalised_model_stores_its_reference_and_inference_normalises_to_it(tmp_path, prepared):
     """stain_normalization: the reference rides in the weights; inference builds its predictor from it."""
     from bundle.stain import MACENKO_REFERENCE

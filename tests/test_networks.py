@@ -15,9 +15,9 @@ def test_output_shapes(net):
     assert z.shape == (6, 16) and count.shape == (6,)
 
 
-@pytest.mark.parametrize("full_resolution_skip", [False, True])
-def test_encoder_loads_into_flexible_unet_with_strict_keys(net, full_resolution_skip):
-    unet = segmentation_unet(backbone="resnet18", full_resolution_skip=full_resolution_skip)
+@pytest.mark.parametrize("variant", [{}, {"full_resolution_skip": True}, {"input_downsample": 2}])
+def test_encoder_loads_into_flexible_unet_with_strict_keys(net, variant):
+    unet = segmentation_unet(backbone="resnet18", **variant)
     result = unet.encoder.load_state_dict(net.encoder.state_dict(), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     for name, tensor in net.encoder.state_dict().items():
@@ -46,6 +46,47 @@ def test_full_resolution_unet_traces_to_the_same_output():
     with torch.no_grad():
         traced = torch.jit.trace(unet, x)
         torch.testing.assert_close(traced(other), unet(other), atol=1e-4, rtol=1e-4)
+
+
+def test_a_downsampled_unet_runs_the_plain_unet_on_the_reduced_image_at_the_inputs_size():
+    """input_downsample 2: area average 2x2, the same U-Net, logits upsampled back (bilinear)."""
+    torch.manual_seed(0)
+    reduced_unet = segmentation_unet(backbone="resnet10", input_downsample=2).eval()
+    plain = segmentation_unet(backbone="resnet10").eval()
+    result = plain.load_state_dict(reduced_unet.state_dict(), strict=False)
+    assert result.unexpected_keys == ["input_downsample"] and not result.missing_keys
+    x = torch.rand(2, 3, 128, 192)
+    with torch.no_grad():
+        out = reduced_unet(x)
+        expected = torch.nn.functional.interpolate(
+            plain(torch.nn.functional.avg_pool2d(x, 2)), size=(128, 192), mode="bilinear", align_corners=False
+        )
+    assert out.shape == (2, 3, 128, 192)
+    torch.testing.assert_close(out, expected)
+    assert int(reduced_unet.state_dict()["input_downsample"]) == 2
+
+
+def test_a_downsampled_unet_traces_to_the_same_output():
+    """``ckpt_export --use_trace`` exports at the sliding window's size; pooling and upsampling trace."""
+    torch.manual_seed(0)
+    unet = segmentation_unet(backbone="resnet18", input_downsample=2).eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(unet, torch.rand(1, 3, 128, 128))
+        other = torch.rand(1, 3, 128, 128)
+        torch.testing.assert_close(traced(other), unet(other), atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        ({"input_downsample": 0}, "integer >= 2"),
+        ({"input_downsample": 1.5}, "integer >= 2"),
+        ({"input_downsample": 2, "full_resolution_skip": True}, "exclude each other"),
+    ],
+)
+def test_bad_input_downsample_is_refused(arguments, message):
+    with pytest.raises(ValueError, match=message):
+        segmentation_unet(backbone="resnet10", **arguments)
 
 
 def test_count_map_pools_to_the_count_head(net):
