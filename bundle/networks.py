@@ -150,7 +150,7 @@ class DownsampledInputUNet(FlexibleUNet):
                 f"input_downsample must be an integer >= 2 here (1: the plain FlexibleUNet), got {factor!r}"
             )
         super().__init__(in_channels, out_channels, backbone, **kwargs)
-        self.factor = factor
+        self.factor = factor  # a Python int for the pooling; the buffer is what a checkpoint records
         self.register_buffer(DOWNSAMPLE_BUFFER, torch.tensor(factor))
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:

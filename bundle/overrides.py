@@ -49,11 +49,11 @@ PARAMETER_DOCS = {
     "full_resolution_skip": "fine-tuning: a full-resolution stem joins the decoder's last block (read from the checkpoint after)",
     "hover_weight": "fine-tuning: weight of the HoVer-map terms (0: the 3-class map alone; > 0: 5 output channels)",
     "init": "encoder initialisation: ssl, scratch or imagenet",
+    "init_weights": "encoder weights file for --init ssl or imagenet",
     "input_downsample": (
         "fine-tuning: the network works on tiles reduced by this integer factor (2: 40x tiles at 20x), "
-        "its probabilities upsampled back before post-processing (read from the checkpoint after)"
+        "its logits upsampled back before post-processing (read from the checkpoint after)"
     ),
-    "init_weights": "encoder weights file for --init ssl or imagenet",
     "label_fraction": "share of the labelled training tiles used, in (0, 1]",
     "label_subset_seed": "None: the first tiles of the datalist's order; an integer: tiles drawn with that seed",
     "learning_rate": "peak learning rate",
